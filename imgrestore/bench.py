@@ -1,0 +1,187 @@
+"""Quality and speed measurement, always next to a reference measured in the
+same run (DESIGN.md, "How quality and speed are measured").
+
+Super-resolution: HR cropped to a multiple of the scale, LR made with Pillow's
+bicubic resize, PSNR/SSIM on BT.601 Y of the 8-bit outputs with `scale` pixels
+of border cropped; bicubic upscaling of the same LR is the baseline.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .color import rgb_to_y
+from .train.data import list_images
+
+
+def to_tensor(a: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float().div_(255)
+
+
+def to_uint8(t: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) float in [0, 1] -> (H, W, 3) uint8, rounded."""
+    return t[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * math.log10(peak * peak / mse)
+
+
+def _y255(a: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W) float64 BT.601 Y on 0..255."""
+    return rgb_to_y(to_tensor(a))[0, 0].double().numpy() * 255.0
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of two (H, W) 0..255 images, Gaussian window 11, sigma 1.5."""
+    x = torch.from_numpy(a)[None, None].double()
+    y = torch.from_numpy(b)[None, None].double()
+    g = torch.exp(-((torch.arange(11, dtype=torch.float64) - 5) ** 2) / (2 * 1.5**2))
+    g = g / g.sum()
+    w = (g[:, None] * g[None, :])[None, None]
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = F.conv2d(x, w), F.conv2d(y, w)
+    sxx = F.conv2d(x * x, w) - mx**2
+    syy = F.conv2d(y * y, w) - my**2
+    sxy = F.conv2d(x * y, w) - mx * my
+    m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    return float(m.mean())
+
+
+def sr_pair(path: Path, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """(LR, HR) uint8 arrays as the benchmark defines them."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        hr = im.crop((0, 0, w - w % scale, h - h % scale))
+        lr = hr.resize((hr.width // scale, hr.height // scale), Image.BICUBIC)
+        return np.asarray(lr), np.asarray(hr)
+
+
+def sr_scores(sr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[float, float]:
+    """PSNR and SSIM on Y with `scale` pixels of border cropped."""
+    ys, yh = _y255(sr), _y255(hr)
+    c = scale
+    ys, yh = ys[c:-c, c:-c], yh[c:-c, c:-c]
+    return psnr(ys, yh), ssim(ys, yh)
+
+
+def bicubic_up(lr: np.ndarray, scale: int) -> np.ndarray:
+    h, w = lr.shape[:2]
+    return np.asarray(Image.fromarray(lr).resize((w * scale, h * scale), Image.BICUBIC))
+
+
+@dataclass
+class SRResult:
+    folder: str
+    scale: int
+    images: list[dict] = field(default_factory=list)
+
+    def mean(self, key: str) -> float:
+        return float(np.mean([r[key] for r in self.images]))
+
+    def summary(self) -> dict:
+        keys = ("psnr", "ssim", "psnr_bicubic", "ssim_bicubic")
+        out = {k: round(self.mean(k), 4) for k in keys}
+        out["gain_db"] = round(out["psnr"] - out["psnr_bicubic"], 4)
+        out["images"] = len(self.images)
+        return out
+
+
+def eval_sr(upscale: Callable[[np.ndarray], np.ndarray], folder: str | Path, scale: int) -> SRResult:
+    """Run `upscale` (uint8 LR -> uint8 SR) over a folder of HR images."""
+    res = SRResult(str(folder), scale)
+    for path in list_images([folder]):
+        lr, hr = sr_pair(path, scale)
+        sr = upscale(lr)
+        p, s = sr_scores(sr, hr, scale)
+        pb, sb = sr_scores(bicubic_up(lr, scale), hr, scale)
+        res.images.append({"name": path.name, "psnr": p, "ssim": s, "psnr_bicubic": pb, "ssim_bicubic": sb})
+    return res
+
+
+def model_upscaler(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """Wrap a raw SR model as uint8 -> uint8 (whole image, no tiling)."""
+
+    def run(lr: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return to_uint8(model(to_tensor(lr)))
+
+    return run
+
+
+def time_call(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> float:
+    """Best-of-`repeat` seconds for `fn()` (after `warmup` calls)."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _speed_rows(restorer, size: int, folders: list[str]) -> list[dict]:
+    """Speed of the model next to bicubic (Pillow) and an FSRCNN-shaped
+    network (random weights: only its cost matters), same inputs, same run."""
+    from .models.sr import FSRCNN
+
+    s = restorer.scale
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    if folders:  # a real photo crop is a fairer input than noise for the encoder-free timing
+        files = list_images([folders[0]])
+        with Image.open(files[0]) as im:
+            im = im.convert("RGB").resize((size, size), Image.BICUBIC)
+            big = np.asarray(im).copy()
+    out_mp = (size * s) ** 2 / 1e6
+    rows = []
+
+    def add(test, method, seconds, mp):
+        rows.append({"test": test, "method": method, "seconds": seconds, "mp_per_s": mp / seconds})
+
+    add(f"{size}x{size} -> x{s}", f"imgrestore {restorer.name}",
+        time_call(lambda: restorer.run_pixels(big)), out_mp)
+    add(f"{size}x{size} -> x{s}", "bicubic (Pillow)", time_call(lambda: bicubic_up(big, s)), out_mp)
+    fsr = FSRCNN(s).eval().to(memory_format=torch.channels_last)
+    y = torch.rand(1, 1, size, size).to(memory_format=torch.channels_last)
+
+    def run_fsrcnn():
+        with torch.inference_mode():
+            fsr(y)
+
+    add(f"{size}x{size} -> x{s}", "FSRCNN-shaped (Y only, d56 s12 m4)", time_call(run_fsrcnn), out_mp)
+    for folder in folders:
+        lrs = [sr_pair(p, s)[0] for p in list_images([folder])]
+        mp = sum(a.shape[0] * a.shape[1] * s * s for a in lrs) / 1e6
+        name = f"folder {Path(folder).name} ({len(lrs)} images)"
+        add(name, f"imgrestore {restorer.name}",
+            time_call(lambda: [restorer.run_pixels(a) for a in lrs], repeat=2), mp)
+        add(name, "bicubic (Pillow)", time_call(lambda: [bicubic_up(a, s) for a in lrs], repeat=2), mp)
+    return rows
+
+
+def bench_upscale(restorer, folders: list[str], threads: int, size: int = 512, speed: bool = True) -> dict:
+    from .registry import count_params
+
+    quality = {}
+    for folder in folders:
+        res = eval_sr(lambda lr: restorer.run_pixels(lr), folder, restorer.scale)
+        quality[Path(folder).name] = res.summary()
+    return {
+        "model": restorer.name, "scale": restorer.scale, "params": count_params(restorer.model),
+        "threads": threads, "torch": torch.__version__, "quality": quality,
+        "speed": _speed_rows(restorer, size, folders) if speed else [],
+    }

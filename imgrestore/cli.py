@@ -1,0 +1,367 @@
+"""Command line. Parses and validates, renders; the library does the work.
+
+torch is imported lazily inside commands so that `--help` is instant.
+Exit status: 0 all inputs done (or skipped as already done), 1 some inputs
+failed (the rest were still processed), 2 bad usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from . import io as imgio
+
+
+class ShardType(click.ParamType):
+    name = "K/N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        m = re.fullmatch(r"(\d+)/(\d+)", str(value))
+        if not m or not 1 <= int(m[1]) <= int(m[2]):
+            self.fail(f"{value!r} is not K/N with 1 <= K <= N (e.g. 2/8)", param, ctx)
+        return int(m[1]), int(m[2])
+
+
+def processing_options(f):
+    """Options every image-processing command shares."""
+    opts = [
+        click.argument("inputs", nargs=-1, required=True),
+        click.option("-o", "--output", help="Output file (one input), folder (several; sub-folders "
+                     "mirrored) or - for stdout. Default: next to each input with a suffix."),
+        click.option("-r", "--recursive", is_flag=True, help="Descend into sub-folders."),
+        click.option("--model", "model", help="Shipped model name or a .safetensors path."),
+        click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "tiff", "same"]),
+                     default="same", show_default=True, help="Output format (same: as the input)."),
+        click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,
+                     help="JPEG/WebP quality."),
+        click.option("--suffix", help="Suffix for outputs written next to their input."),
+        click.option("--tile", type=click.IntRange(0), default=512, show_default=True,
+                     help="Tile side in input pixels (0: whole image at once)."),
+        click.option("--tile-overlap", type=click.IntRange(0), default=None,
+                     help="Context pixels around each tile [default: the model's receptive "
+                     "radius, which makes tiling exact]."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                     show_default=True),
+        click.option("--threads", type=click.IntRange(1), help="CPU threads for the network."),
+        click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: skip them, "
+                     "so re-running a stopped batch continues where it stopped)."),
+        click.option("--shard", type=ShardType(), help="Process only the deterministic slice K of N "
+                     "(run the same command on N machines or processes)."),
+        click.option("--max-pixels", type=click.IntRange(1), default=imgio.DEFAULT_MAX_PIXELS,
+                     show_default=True, help="Refuse larger inputs (decompression-bomb guard)."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress, notes or summary; errors only."),
+        click.option("--json", "as_json", is_flag=True, help="One JSON record per input on stdout."),
+        click.option("--debug", is_flag=True, help="Tracebacks for internal errors."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="imgrestore")
+def cli() -> None:
+    """Restore photos with lightweight neural networks that run fast on a CPU.
+
+    \b
+      imgrestore upscale --x4 photo.jpg
+      imgrestore upscale --x2 -r photos/ -o big/
+      cat small.png | imgrestore upscale --x3 - > big.png
+      imgrestore models
+    """
+
+
+def _fail_usage(msg: str):
+    raise click.UsageError(msg)
+
+
+def _setup_torch(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _load_restorer(model: str, device: str, debug: bool):
+    from . import load
+    from .errors import ImgRestoreError
+
+    try:
+        return load(model, device=device)
+    except ImgRestoreError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except Exception as e:  # a weights file that breaks the builder in an unforeseen way
+        if debug:
+            raise
+        click.echo(f"error: {model}: cannot load model ({type(e).__name__}: {e})", err=True)
+        sys.exit(2)
+
+
+def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, suffix, tile, tile_overlap,
+               overwrite, shard, max_pixels, quiet, as_json, debug, default_suffix):
+    """Find inputs, run the pipeline, render progress and per-file lines,
+    return the exit status."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .pipeline import Options, run
+
+    jobs = imgio.find_inputs(list(inputs), recursive=recursive)
+    if sum(1 for j in jobs if j.source == "-") > 1:
+        _fail_usage("'-' (stdin) can be given only once")
+    if shard:
+        jobs = imgio.shard(jobs, *shard)
+    if not jobs:
+        if shard:
+            return 0  # an empty slice is not an error
+        _fail_usage("no input images found")
+    any_dir = any(Path(a).is_dir() for a in inputs if a != "-")
+    many = len(jobs) > 1 or any_dir or shard is not None
+    out_is_dir = False
+    if output == "-":
+        if many:
+            _fail_usage("-o - (stdout) takes exactly one input")
+    elif output is not None:
+        out_is_dir = many or Path(output).is_dir() or output.endswith(("/", "\\"))
+        if many and Path(output).is_file():
+            _fail_usage(f"several inputs need -o to be a folder, and {output} is a file")
+    image_to_stdout = output == "-" or (output is None and any(j.source == "-" for j in jobs))
+    if as_json and image_to_stdout:
+        _fail_usage("--json writes to stdout, which carries the image here; give -o FILE")
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    show_progress = not quiet and err.is_terminal
+    opts = Options(output=output, output_is_dir=out_is_dir,
+                   suffix=default_suffix if suffix is None else suffix, dir_suffix=suffix or "",
+                   format=fmt, quality=quality,
+                   tile=tile or None, overlap=tile_overlap, overwrite=overwrite,
+                   max_pixels=max_pixels, debug=debug)
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err, transient=True, disable=not show_progress)
+    with progress:
+        files_task = progress.add_task("files", total=len(jobs))
+        tiles_task = progress.add_task("tiles", total=1, visible=False)
+
+        def on_tile(done, total):
+            progress.update(tiles_task, completed=done, total=total, visible=total > 1)
+
+        opts.on_tile = on_tile if show_progress else None
+        for res in run(restorer, jobs, opts):
+            counts[res.status] += 1
+            progress.update(files_task, advance=1)
+            if res.status == "failed":
+                progress.console.print(f"error: {res.input}: {res.reason}", markup=False)
+            elif res.status == "skipped" and not quiet:
+                progress.console.print(f"skipped: {res.input}: {res.reason}", markup=False)
+            if not quiet:
+                for note in res.notes:
+                    progress.console.print(f"note: {res.input}: {note}", markup=False)
+            if as_json:
+                click.echo(json.dumps(res.record()))
+    if not quiet:
+        err.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed",
+                  markup=False)
+    return 1 if counts["failed"] else 0
+
+
+def _interruptible(f):
+    """Ctrl-C / SIGTERM: stop cleanly (temporary files are removed by the
+    writer; finished outputs stay, so re-running continues) and exit 130."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        def on_term(signum, frame):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, on_term)
+        try:
+            return f(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished outputs kept; run the same command again to continue",
+                       err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@cli.command()
+@click.option("--x2", "scale", flag_value=2, help="Upscale 2x.")
+@click.option("--x3", "scale", flag_value=3, help="Upscale 3x.")
+@click.option("--x4", "scale", flag_value=4, help="Upscale 4x (default).")
+@click.option("--scale", "scale", type=click.IntRange(2, 4), help="Upscale N x (2, 3 or 4).")
+@processing_options
+@_interruptible
+def upscale(scale, inputs, output, recursive, model, fmt, quality, suffix, tile, tile_overlap,
+            device, threads, overwrite, shard, max_pixels, quiet, as_json, debug):
+    """Upscale images x2, x3 or x4 (files, folders, or - for stdin)."""
+    _setup_torch(threads)
+    if model is None:
+        model = f"upscale-x{scale or 4}"
+    restorer = _load_restorer(model, device, debug)
+    if restorer.task != "upscale":
+        _fail_usage(f"model {model} is a {restorer.task} model, not an upscaler")
+    if scale is not None and restorer.scale != scale:
+        _fail_usage(f"model {model} upscales x{restorer.scale}, but x{scale} was asked for")
+    code = _run_batch(restorer, inputs, output=output, recursive=recursive, fmt=fmt, quality=quality,
+                      suffix=suffix, tile=tile, tile_overlap=tile_overlap, overwrite=overwrite,
+                      shard=shard, max_pixels=max_pixels, quiet=quiet, as_json=as_json, debug=debug,
+                      default_suffix=f"_x{restorer.scale}")
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+def models(as_json):
+    """List the shipped models: task, scale, size, cost and measured quality."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import registry, weights
+    from .errors import ImgRestoreError
+
+    rows = []
+    for m in registry.SHIPPED.values():
+        row = {"name": m.name, "task": m.task, "scale": m.scale, "summary": m.summary}
+        try:
+            wf = weights.read(registry.resolve(m.name))
+            net = registry.build_from_weights(wf)
+            if hasattr(net, "reparameterize"):
+                net.reparameterize()
+            row["params"] = registry.count_params(net)
+            row["gmacs_per_output_mp"] = round(registry.macs_per_output_mp(net.eval(), m.scale) / 1e9, 3)
+            metrics = wf.provenance.get("metrics", {})
+            row["quality"] = {k: {"psnr": v["psnr"], "gain_db": v["gain_db"]}
+                              for k, v in metrics.items() if "gain_db" in v}
+        except ImgRestoreError as e:
+            row["error"] = str(e)
+        rows.append(row)
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r))
+        return
+    t = Table(title="imgrestore models")
+    for col in ("name", "task", "scale", "params", "GMACs/out MP", "quality (PSNR-Y, gain over bicubic)"):
+        t.add_column(col)
+    for r in rows:
+        q = ", ".join(f"{k} {v['psnr']:.2f} dB ({v['gain_db']:+.2f})" for k, v in r.get("quality", {}).items())
+        t.add_row(r["name"], r["task"], f"x{r['scale']}", f"{r.get('params', '-'):,}" if "params" in r else "-",
+                  f"{r['gmacs_per_output_mp']:.2f}" if "gmacs_per_output_mp" in r else "-",
+                  q or r.get("error", "-"))
+    Console().print(t)
+
+
+@cli.group()
+def bench() -> None:
+    """Measure quality and speed next to a reference in the same run."""
+
+
+@bench.command("upscale")
+@click.option("--x2", "scale", flag_value=2)
+@click.option("--x3", "scale", flag_value=3)
+@click.option("--x4", "scale", flag_value=4)
+@click.option("--scale", "scale", type=click.IntRange(2, 4))
+@click.option("--model", help="Model name or path [default: upscale-xN].")
+@click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--size", type=click.IntRange(16), default=512, show_default=True,
+              help="Input side of the large-image speed test.")
+@click.option("--speed/--no-speed", default=True, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("folders", nargs=-1, type=click.Path(exists=True, file_okay=False))
+def bench_upscale(scale, model, threads, size, speed, as_json, folders):
+    """PSNR/SSIM on Y vs bicubic for each FOLDER of HR images, and output
+    megapixels per second vs bicubic and an FSRCNN-shaped network."""
+    from .bench import bench_upscale as run_bench
+
+    _setup_torch(threads)
+    scale = scale or 4
+    restorer = _load_restorer(model or f"upscale-x{scale}", "cpu", False)
+    if restorer.scale != scale:
+        _fail_usage(f"model upscales x{restorer.scale}, not x{scale}")
+    report = run_bench(restorer, list(folders), threads=threads, size=size, speed=speed)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        _print_bench(report)
+
+
+def _print_bench(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(f"model {report['model']} x{report['scale']}, {report['params']:,} parameters, "
+              f"torch threads {report['threads']}")
+    if report["quality"]:
+        t = Table(title="quality (Y channel, border cropped)")
+        for c in ("folder", "images", "PSNR", "SSIM", "bicubic PSNR", "bicubic SSIM", "gain dB"):
+            t.add_column(c)
+        for name, q in report["quality"].items():
+            t.add_row(name, str(q["images"]), f"{q['psnr']:.3f}", f"{q['ssim']:.4f}",
+                      f"{q['psnr_bicubic']:.3f}", f"{q['ssim_bicubic']:.4f}", f"{q['gain_db']:+.3f}")
+        con.print(t)
+    if report.get("speed"):
+        t = Table(title="speed (output megapixels per second, best of 3)")
+        for c in ("test", "method", "seconds", "output MP/s"):
+            t.add_column(c)
+        for row in report["speed"]:
+            t.add_row(row["test"], row["method"], f"{row['seconds']:.3f}", f"{row['mp_per_s']:.2f}")
+        con.print(t)
+
+
+@cli.group()
+def train() -> None:
+    """Train the models imgrestore ships (resumable: run the same command again)."""
+
+
+@train.command("upscale")
+@click.option("--scale", type=click.IntRange(2, 4), required=True)
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True),
+              help="Folder(s) of HR training images.")
+@click.option("--val", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder(s) evaluated at the end (and the first one periodically).")
+@click.option("--steps", type=click.IntRange(1), default=20000, show_default=True)
+@click.option("--batch", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--patch", type=click.IntRange(8), default=48, show_default=True, help="LR patch side.")
+@click.option("--channels", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--blocks", type=click.IntRange(0), default=4, show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option("--init", type=click.Path(exists=True, dir_okay=False),
+              help="Warm start from a weights file (matching tensors are copied).")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--eval-every", type=click.IntRange(1), default=2000, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
+def train_upscale(scale, data, val, steps, batch, patch, channels, blocks, lr, init, threads,
+                  seed, eval_every, output):
+    """Train an ECBSR upscaler on bicubic-downscaled crops; writes OUTPUT and
+    OUTPUT.state (resume by running the same command again)."""
+    from .train.loop import TrainOptions, train as run_train
+    from .train.sr import make_task
+
+    _setup_torch(threads)
+
+    def log(msg: str) -> None:
+        click.echo(msg, err=True)
+
+    task = make_task(list(data), scale, channels=channels, blocks=blocks, patch=patch, batch=batch,
+                     val=list(val), init=Path(init) if init else None, seed=seed, log=log)
+    run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log))
+
+
+def main() -> None:
+    cli(prog_name="imgrestore")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Typed exceptions. The library raises these; only the CLI prints."""
+
+from __future__ import annotations
+
+
+class ImgRestoreError(Exception):
+    """Base class of every error imgrestore raises on purpose."""
+
+
+class InputError(ImgRestoreError):
+    """Raised when an input image cannot be read or decoded (not an image,
+    truncated, zero bytes, unreadable, over the pixel limit)."""
+
+
+class OutputError(ImgRestoreError):
+    """Raised when an output cannot be written (unwritable folder, encoder
+    failure)."""
+
+
+class WeightsError(ImgRestoreError):
+    """Raised when a weights file is missing, damaged, of an unknown
+    architecture, or does not match the architecture its metadata names."""
+
+
+class ModelNotFound(ImgRestoreError):
+    """Raised when a model name is neither a shipped model nor a file."""

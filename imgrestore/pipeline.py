@@ -1,0 +1,173 @@
+"""run(restorer, jobs, options) -> iterator of results. No printing.
+
+Decoding of the next input and encoding/writing of the previous output run in
+background threads while the network works on the current image (Pillow,
+OpenCV and torch release the GIL), with at most one image in flight on each
+side so memory stays flat over any number of files.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from . import io
+from .errors import ImgRestoreError, InputError, OutputError
+
+
+@dataclass
+class Options:
+    output: str | None = None  # None: next to the input; "-": stdout; else file or folder
+    output_is_dir: bool = False  # many inputs, or -o names a folder
+    suffix: str = ""  # added to the stem next to the input, e.g. "_x4"
+    dir_suffix: str = ""  # added to the stem inside an output folder (only if asked for)
+    format: str = "same"  # png | jpg | webp | tiff | same
+    quality: int = 95
+    tile: int | None = 512
+    overlap: int | None = None  # None: the model's receptive radius (exact tiling)
+    overwrite: bool = False
+    max_pixels: int = io.DEFAULT_MAX_PIXELS
+    debug: bool = False
+    on_tile: Callable[[int, int], None] | None = None
+
+
+@dataclass
+class Result:
+    input: str
+    status: str  # done | skipped | failed
+    output: str | None = None
+    reason: str | None = None
+    seconds: float = 0.0
+    size_in: tuple[int, int] | None = None
+    size_out: tuple[int, int] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def record(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v not in (None, [])}
+
+
+def target(job: io.Job, o: Options) -> tuple[Path | str, str]:
+    """(output path or "-", format) for a job, decided before decoding (from
+    the source's extension) so that finished outputs are skipped cheaply."""
+    src_fmt = {".jpeg": "jpg", ".jpg": "jpg", ".png": "png", ".webp": "webp",
+               ".tif": "tiff", ".tiff": "tiff"}.get(Path(str(job.rel)).suffix.lower(), "png")
+    if o.output == "-" or (job.source == "-" and o.output is None):
+        return "-", io.output_format(o.format, src_fmt, None)
+    if o.output is not None and not o.output_is_dir:
+        p = Path(o.output)
+        return p, io.output_format(o.format, src_fmt, p)
+    fmt = io.output_format(o.format, src_fmt, None)
+    ext = io.FORMATS[fmt]
+    if o.output is None:
+        src = Path(job.source)
+        return src.with_name(f"{src.stem}{o.suffix}{ext}"), fmt
+    rel = job.rel
+    return Path(o.output) / rel.parent / f"{rel.stem}{o.dir_suffix}{ext}", fmt
+
+
+def _same_file(a: Path | str, b: Path | str) -> bool:
+    if a == "-" or b == "-":
+        return False
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def _describe(e: BaseException, debug: bool) -> str:
+    if isinstance(e, ImgRestoreError):
+        return str(e)
+    if isinstance(e, MemoryError):
+        return "out of memory (try a smaller --tile)"
+    msg = f"internal error: {type(e).__name__}: {e}"
+    if debug:
+        msg += "\n" + "".join(traceback.format_exception(e))
+    return msg
+
+
+def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
+    jobs = list(jobs)
+    with ThreadPoolExecutor(1, thread_name_prefix="decode") as readers, \
+            ThreadPoolExecutor(1, thread_name_prefix="encode") as writers:
+        reads: dict[int, Future] = {}
+        writes: deque[tuple[Result, Future]] = deque()
+
+        def prefetch(i: int) -> None:
+            # queue the decode of job i if it will be needed
+            if i < len(jobs) and i not in reads and jobs[i].error is None and jobs[i].source != "-":
+                out, _ = target(jobs[i], o)
+                if o.overwrite or out == "-" or not Path(out).exists():
+                    reads[i] = readers.submit(io.read, jobs[i], o.max_pixels)
+
+        def drain(block: bool) -> Iterator[Result]:
+            while writes and (block or writes[0][1].done()):
+                res, fut = writes.popleft()
+                try:
+                    fut.result()
+                except BaseException as e:  # noqa: BLE001 - reported per file
+                    res.status, res.reason = "failed", _describe(e, o.debug)
+                yield res
+
+        for i, job in enumerate(jobs):
+            t0 = time.perf_counter()
+            res = Result(job.name, "done")
+            if job.error:
+                res.status, res.reason = "failed", job.error
+                yield from drain(True)
+                yield res
+                continue
+            out, fmt = target(job, o)
+            res.output = str(out) if out != "-" else "<stdout>"
+            if _same_file(out, job.source):
+                res.status, res.reason = "failed", "output would replace the input (choose -o or --suffix)"
+                yield from drain(True)
+                yield res
+                continue
+            if out != "-" and not o.overwrite and Path(out).exists():
+                res.status, res.reason = "skipped", "output exists (use --overwrite to redo it)"
+                yield from drain(True)
+                yield res
+                continue
+            prefetch(i)
+            prefetch(i + 1)  # decode the next input while this one computes
+            try:
+                pic = reads.pop(i).result() if i in reads else io.read(job, o.max_pixels)
+                res.size_in = pic.size
+                res.notes = list(pic.notes)
+                result = restorer.restore_picture(pic, o.tile, o.overlap, o.on_tile)
+                res.size_out = result.size
+                del pic
+            except BaseException as e:  # noqa: BLE001 - one bad input never stops a batch
+                if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                    raise
+                res.status, res.reason = "failed", _describe(e, o.debug)
+                res.seconds = time.perf_counter() - t0
+                yield from drain(True)
+                yield res
+                continue
+            yield from drain(True)  # at most one output being encoded at a time
+            writes.append((res, writers.submit(_write, result, out, fmt, o, res, t0)))
+            yield from drain(False)
+        yield from drain(True)
+
+
+def _write(pic: io.Picture, out: Path | str, fmt: str, o: Options, res: Result, t0: float) -> None:
+    data = io.encode(pic, fmt, o.quality)
+    if out == "-":
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        except OSError as e:
+            raise OutputError(f"cannot write to stdout ({e.strerror or e})") from None
+    else:
+        io.write_atomic(data, Path(out), o.overwrite)
+    res.seconds = time.perf_counter() - t0
+
+
+__all__ = ["Options", "Result", "run", "target", "InputError", "OutputError"]

@@ -1,0 +1,1 @@
+"""Training: data and degradations, tasks, the shared loop."""

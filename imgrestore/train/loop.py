@@ -1,0 +1,147 @@
+"""The training loop shared by every task.
+
+A task supplies a model, a batch sampler, a loss and an evaluation; the loop
+does Adam with a cosine schedule, periodic checkpoints that resume exactly
+where they stopped (model + optimizer moments + step, all in safetensors:
+no pickle), logging, and the final self-describing weights file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .. import weights
+
+
+@dataclass
+class TrainTask:
+    arch: str
+    task: str
+    scale: int
+    model: nn.Module
+    config: dict
+    batch: Callable[[int], tuple]  # step -> batch tensors
+    loss: Callable[[nn.Module, tuple], torch.Tensor]
+    evaluate: Callable[[nn.Module], dict] | None = None  # final metrics
+    quick_eval: Callable[[nn.Module], dict] | None = None  # periodic, cheap
+    provenance: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainOptions:
+    steps: int
+    out: Path
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    warmup: int = 200
+    save_every: int = 500
+    eval_every: int = 2000
+    log: Callable[[str], None] = print
+    resume: bool = True
+
+
+def _state_path(out: Path) -> Path:
+    return out.with_name(out.name + ".state")
+
+
+def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if st:
+                n = names[id(p)]
+                tensors[f"opt.{n}.exp_avg"] = st["exp_avg"].contiguous()
+                tensors[f"opt.{n}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
+                tensors[f"opt.{n}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"step": str(step), "meta": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[int, dict]:
+    from safetensors.torch import load_file, safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        md = f.metadata()
+    t = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")}, strict=True)
+    for n, p in model.named_parameters():
+        if f"opt.{n}.exp_avg" in t:
+            opt.state[p] = {
+                "exp_avg": t[f"opt.{n}.exp_avg"],
+                "exp_avg_sq": t[f"opt.{n}.exp_avg_sq"],
+                "step": t[f"opt.{n}.step"].reshape(()),
+            }
+    return int(md["step"]), json.loads(md.get("meta", "{}"))
+
+
+def lr_at(step: int, o: TrainOptions) -> float:
+    if step < o.warmup:
+        return o.lr * (step + 1) / o.warmup
+    t = (step - o.warmup) / max(1, o.steps - o.warmup)
+    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def train(task: TrainTask, o: TrainOptions) -> dict:
+    model = task.model
+    opt = torch.optim.Adam(model.parameters(), lr=o.lr, betas=(0.9, 0.99))
+    state = _state_path(o.out)
+    start, elapsed0 = 0, 0.0
+    if o.resume and state.exists():
+        start, meta = _load_state(state, model, opt)
+        elapsed0 = meta.get("elapsed_s", 0.0)
+        o.log(f"resumed from {state} at step {start}")
+    t0 = time.time()
+    running = 0.0
+    model.train()
+    for step in range(start, o.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, o)
+        batch = task.batch(step)
+        loss = task.loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running += loss.item()
+        done = step + 1
+        if done % 100 == 0:
+            el = elapsed0 + time.time() - t0
+            rate = (time.time() - t0) / (done - start)
+            o.log(f"step {done}/{o.steps} loss {running / 100:.5f} lr {lr_at(step, o):.2e} "
+                  f"{rate:.3f}s/step elapsed {el / 60:.1f}min")
+            running = 0.0
+        if task.quick_eval and done % o.eval_every == 0:
+            model.eval()
+            o.log(f"step {done} eval {json.dumps(task.quick_eval(model))}")
+            model.train()
+        if done % o.save_every == 0 or done == o.steps:
+            _save_state(state, model, opt, done, {"elapsed_s": elapsed0 + time.time() - t0})
+            _write(task, o, done, elapsed0 + time.time() - t0, metrics=None)
+    model.eval()
+    metrics = task.evaluate(model) if task.evaluate else {}
+    _write(task, o, o.steps, elapsed0 + time.time() - t0, metrics=metrics)
+    o.log(f"wrote {o.out} metrics {json.dumps(metrics)}")
+    return metrics
+
+
+def _write(task: TrainTask, o: TrainOptions, step: int, elapsed: float, metrics: dict | None) -> None:
+    prov = dict(task.provenance)
+    prov.update(steps=step, planned_steps=o.steps, lr=o.lr, train_minutes=round(elapsed / 60, 1),
+                torch=torch.__version__)
+    if metrics is not None:
+        prov["metrics"] = metrics
+    weights.save(o.out, task.model.state_dict(), arch=task.arch, config=task.config,
+                 task=task.task, scale=task.scale, provenance=prov)

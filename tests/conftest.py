@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny random models and generated images (no data files)."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imgrestore import weights
+from imgrestore.models.sr import ECBSR
+
+
+def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+def tiny_sr_file(path: Path, scale: int = 2, channels: int = 4, blocks: int = 1) -> Path:
+    config = dict(scale=scale, colors=3, channels=channels, blocks=blocks, mid_mult=1.0)
+    model = randomize(ECBSR(**config))
+    weights.save(path, model.state_dict(), arch="ecbsr", config=config, task="upscale",
+                 scale=scale, provenance={"note": "random test model"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_x2(tmp_path_factory) -> Path:
+    return tiny_sr_file(tmp_path_factory.mktemp("models") / "tiny-x2.safetensors", 2)
+
+
+@pytest.fixture(scope="session")
+def tiny_x3(tmp_path_factory) -> Path:
+    return tiny_sr_file(tmp_path_factory.mktemp("models") / "tiny-x3.safetensors", 3)
+
+
+def noise_image(h: int, w: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    c = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    a = rng.integers(0, 256, (h, w, c), dtype=np.uint8)
+    # smooth it a little so it looks like a photo to the encoders
+    return Image.fromarray(a[..., 0] if c == 1 else a, mode)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def cli():
+    """Run the CLI in-process; returns (exit_code, stdout_bytes, stderr_text)."""
+    from click.testing import CliRunner
+
+    from imgrestore.cli import cli as group
+
+    def run(*args, input: bytes | None = None):
+        runner = CliRunner()
+        res = runner.invoke(group, [str(a) for a in args], input=input, catch_exceptions=False)
+        return res.exit_code, res.stdout_bytes, res.stderr
+
+    return run

@@ -1,0 +1,143 @@
+"""Reading and writing: orientation, metadata, bit depth, modes, limits."""
+
+from __future__ import annotations
+
+import io as _io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from conftest import noise_image
+from imgrestore import InputError, OutputError
+from imgrestore import io as imgio
+
+
+def _decode(im: Image.Image, fmt: str = "PNG", **kw) -> imgio.Picture:
+    buf = _io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return imgio.decode(buf.getvalue())
+
+
+def test_exif_orientation_applied_and_reset():
+    im = noise_image(10, 20)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    exif[0x010F] = "TestCam"
+    pic = _decode(im, "JPEG", exif=exif.tobytes(), quality=95)
+    assert pic.size == (10, 20)  # width and height swapped
+    out = Image.open(_io.BytesIO(imgio.encode(pic, "jpg")))
+    ex = out.getexif()
+    assert ex.get(0x0112) == 1 and ex.get(0x010F) == "TestCam"
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])
+def test_icc_and_exif_carried(fmt):
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    pic = _decode(noise_image(12, 12), "PNG", icc_profile=icc, exif=exif.tobytes())
+    assert pic.icc == icc
+    out = Image.open(_io.BytesIO(imgio.encode(pic, fmt)))
+    assert out.info.get("icc_profile") == icc
+    assert out.getexif().get(0x010F) == "TestCam"
+
+
+def test_16bit_rgb_png_keeps_depth_and_icc():
+    import cv2
+
+    a = np.random.default_rng(0).integers(0, 65535, (9, 7, 3)).astype(np.uint16)
+    ok, buf = cv2.imencode(".png", a[..., ::-1])
+    pic = imgio.decode(buf.tobytes())
+    assert pic.pixels.dtype == np.uint16 and pic.pixels.shape == (9, 7, 3)
+    assert np.array_equal(pic.pixels, a)
+    pic.icc = b"fake-icc-profile"
+    back = imgio.decode(imgio.encode(pic, "png"))
+    assert np.array_equal(back.pixels, a) and back.icc == b"fake-icc-profile"
+
+
+def test_16bit_gray_png():
+    a = np.random.default_rng(0).integers(0, 65535, (9, 7)).astype(np.uint16)
+    pic = _decode(Image.fromarray(a))
+    assert pic.gray and pic.pixels.dtype == np.uint16 and np.array_equal(pic.pixels[..., 0], a)
+    back = imgio.decode(imgio.encode(pic, "png"))
+    assert np.array_equal(back.pixels[..., 0], a)
+
+
+def test_modes_palette_cmyk_gray_alpha():
+    pal = noise_image(8, 8).convert("P")
+    pal.info["transparency"] = 0
+    p = _decode(pal)
+    assert p.pixels.shape[2] == 3 and (p.alpha is not None or p.alpha is None)
+    cmyk = _decode(noise_image(8, 8).convert("CMYK"), "JPEG")
+    assert cmyk.pixels.shape == (8, 8, 3) and any("CMYK" in n for n in cmyk.notes)
+    g = _decode(noise_image(8, 8, "L"))
+    assert g.gray and g.alpha is None
+    rgba = _decode(noise_image(8, 8, "RGBA"))
+    assert rgba.pixels.shape == (8, 8, 3) and rgba.alpha.shape == (8, 8)
+    opaque = noise_image(8, 8).convert("RGBA")
+    assert _decode(opaque).alpha is None  # an all-opaque alpha is not carried
+
+
+def test_animated_gif_first_frame_with_note():
+    frames = [noise_image(6, 6, seed=i).convert("P") for i in range(3)]
+    buf = _io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    pic = imgio.decode(buf.getvalue())
+    assert pic.size == (6, 6) and any("first frame" in n for n in pic.notes)
+
+
+def test_bad_inputs_have_reasons():
+    with pytest.raises(InputError, match="not an image"):
+        imgio.decode(b"hello world, this is text")
+    buf = _io.BytesIO()
+    noise_image(64, 64).save(buf, format="JPEG")
+    with pytest.raises(InputError, match="damaged|truncated"):
+        imgio.decode(buf.getvalue()[:600])
+    buf = _io.BytesIO()
+    noise_image(100, 100).save(buf, format="PNG")
+    with pytest.raises(InputError, match="pixel limit"):
+        imgio.decode(buf.getvalue(), max_pixels=5000)
+
+
+def test_write_atomic_never_clobbers(tmp_path):
+    out = tmp_path / "o.png"
+    imgio.write_atomic(b"first", out, overwrite=False)
+    with pytest.raises(OutputError, match="already exists"):
+        imgio.write_atomic(b"second", out, overwrite=False)
+    assert out.read_bytes() == b"first"
+    imgio.write_atomic(b"third", out, overwrite=True)
+    assert out.read_bytes() == b"third"
+    assert [p.name for p in tmp_path.iterdir()] == ["o.png"]  # no temporary left
+
+
+def test_unwritable_folder(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        import os
+
+        if os.geteuid() == 0:
+            pytest.skip("root can write anywhere")
+        with pytest.raises(OutputError, match="cannot write"):
+            imgio.write_atomic(b"x", ro / "o.png", overwrite=False)
+    finally:
+        ro.chmod(0o700)
+
+
+def test_find_inputs_and_shard(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("a.png", "b.jpg", "sub/c.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    flat = imgio.find_inputs([str(tmp_path)])
+    assert [j.rel.as_posix() for j in flat] == ["a.png", "b.jpg"]
+    deep = imgio.find_inputs([str(tmp_path)], recursive=True)
+    assert [j.rel.as_posix() for j in deep] == ["a.png", "b.jpg", "sub/c.png"]
+    missing = imgio.find_inputs([str(tmp_path / "nope.png")])
+    assert missing[0].error == "no such file or folder"
+    many = [imgio.Job(tmp_path / f"{i}.png", imgio.Path(f"{i}.png")) for i in range(200)]
+    parts = [imgio.shard(many, k, 4) for k in range(1, 5)]
+    assert sorted(j.rel for p in parts for j in p) == sorted(j.rel for j in many)
+    assert all(20 < len(p) < 80 for p in parts)
+    assert imgio.shard(list(reversed(many)), 2, 4) == list(reversed(parts[1]))
