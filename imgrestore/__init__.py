@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from .errors import ImgRestoreError, InputError, ModelNotFound, OutputError, WeightsError
+from .errors import (ImgRestoreError, InputError, ModelNotFound, OutputError, OutputExists,
+                     WeightsError)
 
 __version__ = "0.1.0"
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "ImgRestoreError",
     "InputError",
     "OutputError",
+    "OutputExists",
     "WeightsError",
     "ModelNotFound",
     "__version__",

@@ -24,3 +24,8 @@ class WeightsError(ImgRestoreError):
 
 class ModelNotFound(ImgRestoreError):
     """Raised when a model name is neither a shipped model nor a file."""
+
+
+class OutputExists(OutputError):
+    """Raised when the output name is already taken (and overwriting was not
+    asked for), including by a concurrent run that finished it first."""

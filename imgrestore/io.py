@@ -20,10 +20,11 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 
-from .errors import InputError, OutputError
+from .errors import InputError, OutputError, OutputExists
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif")
 FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
@@ -96,6 +97,7 @@ class Picture:
     icc: bytes | None = None
     format: str = "png"  # source format key: png, jpg, webp, tiff, ...
     notes: list[str] = field(default_factory=list)
+    has_alpha: bool = False  # for output descriptions whose alpha is streamed
 
     @property
     def gray(self) -> bool:
@@ -258,9 +260,14 @@ def output_format(requested: str, source_fmt: str, out_path: Path | None) -> str
     return source_fmt if source_fmt in FORMATS else "png"
 
 
-def encode(pic: Picture, fmt: str, quality: int = 95) -> bytes:
-    """Encode a Picture. 16-bit survives in png and tiff; jpg and webp are
-    8-bit (and jpg has no alpha: it is dropped with the pixels kept)."""
+def encode(pic: Picture, fmt: str, quality: int = 95, fileobj: BinaryIO | None = None) -> bytes | None:
+    """Encode a Picture into `fileobj`, or return the bytes if none is given.
+    16-bit survives in png and tiff; jpg and webp are 8-bit (and jpg has no
+    alpha: it is dropped with the pixels kept)."""
+    if fileobj is None:
+        buf = _io.BytesIO()
+        encode(pic, fmt, quality, buf)
+        return buf.getvalue()
     from PIL import Image
 
     px, alpha = pic.pixels, pic.alpha
@@ -271,7 +278,8 @@ def encode(pic: Picture, fmt: str, quality: int = 95) -> bytes:
     if fmt == "jpg":
         alpha = None
     if deep and not pic.gray or (deep and alpha is not None):
-        return _encode_cv2_16(px, alpha, fmt, pic.icc, pic.exif)
+        fileobj.write(_encode_cv2_16(px, alpha, fmt, pic.icc, pic.exif))
+        return None
     if pic.gray:
         g = px[..., 0]
         if alpha is not None:
@@ -291,12 +299,17 @@ def encode(pic: Picture, fmt: str, quality: int = 95) -> bytes:
     elif fmt == "webp":
         kw.update(quality=quality, method=4)
     elif fmt == "png":
-        kw.update(compress_level=6 if px.size < 50_000_000 else 1)
+        kw.update(compress_level=png_level(px.size))
     elif fmt == "tiff":
         kw.update(compression="tiff_deflate")
-    buf = _io.BytesIO()
-    im.save(buf, format={"jpg": "JPEG", "png": "PNG", "webp": "WEBP", "tiff": "TIFF"}[fmt], **kw)
-    return buf.getvalue()
+    im.save(fileobj, format={"jpg": "JPEG", "png": "PNG", "webp": "WEBP", "tiff": "TIFF"}[fmt], **kw)
+    return None
+
+
+def png_level(values: int) -> int:
+    """zlib level: 6 (Pillow's default) for ordinary images, 1 for huge ones,
+    where level 6 costs minutes for little gain."""
+    return 6 if values < 50_000_000 else 1
 
 
 def _to8(a: np.ndarray) -> np.ndarray:
@@ -340,10 +353,12 @@ def png_add_chunks(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
     return png[:ihdr_end] + extra + png[ihdr_end:]
 
 
-def write_atomic(data: bytes, path: Path, overwrite: bool) -> None:
-    """Write `data` to `path` through a temporary file in the same folder.
-    Without `overwrite` an existing file is never replaced (link fails if the
-    name is taken, even by a concurrent run). Raises `OutputError`."""
+def write_atomic(data: bytes | Callable[[BinaryIO], None], path: Path, overwrite: bool) -> None:
+    """Write `data` (bytes, or a function that writes into a binary file) to
+    `path` through a temporary file in the same folder. Without `overwrite`
+    an existing file is never replaced (the final link fails if the name is
+    taken, even by a concurrent run). Raises `OutputError`; never leaves the
+    temporary file behind, whatever is raised (Ctrl-C included)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -352,7 +367,10 @@ def write_atomic(data: bytes, path: Path, overwrite: bool) -> None:
         raise OutputError(f"cannot write in {path.parent} ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644 & ~_UMASK)
@@ -362,10 +380,10 @@ def write_atomic(data: bytes, path: Path, overwrite: bool) -> None:
             try:
                 os.link(tmp, path)
             except FileExistsError:
-                raise OutputError(f"{path} already exists (use --overwrite to replace it)") from None
+                raise OutputExists(f"{path} already exists (use --overwrite to replace it)") from None
             except OSError:  # file systems without hard links: best effort
                 if path.exists():
-                    raise OutputError(f"{path} already exists (use --overwrite to replace it)") from None
+                    raise OutputExists(f"{path} already exists (use --overwrite to replace it)") from None
                 os.replace(tmp, path)
     except OSError as e:
         raise OutputError(f"cannot write {path} ({e.strerror or e})") from None
@@ -376,3 +394,61 @@ def write_atomic(data: bytes, path: Path, overwrite: bool) -> None:
             pass
 
 
+class PngStream:
+    """A PNG written band by band, so a huge output is never held whole.
+
+    Rows are filtered with the per-row heuristic libpng uses (of the five PNG
+    filters, the one whose output has the smallest sum of absolute signed
+    bytes), vectorized over chunks of rows, then deflated incrementally into
+    IDAT chunks."""
+
+    def __init__(self, f: BinaryIO, width: int, height: int, channels: int, bits: int,
+                 icc: bytes | None = None, exif: bytes | None = None, level: int = 6):
+        self.f, self.width, self.height, self.channels, self.bits = f, width, height, channels, bits
+        self.bpp = channels * bits // 8
+        self.rowbytes = width * self.bpp
+        self.prev = np.zeros(self.rowbytes, np.uint8)
+        self.rows = 0
+        self.z = zlib.compressobj(level)
+        color = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.write(_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bits, color, 0, 0, 0)))
+        f.write(png_add_chunks(b"\x00" * 33, icc, exif)[33:])  # the chunks alone
+
+    def write(self, band: np.ndarray) -> None:
+        """band: (rows, width, channels) uint8 or uint16."""
+        b = band.astype(">u2") if self.bits == 16 else band
+        raw = np.ascontiguousarray(b).view(np.uint8).reshape(band.shape[0], self.rowbytes)
+        for i in range(0, raw.shape[0], 64):
+            chunk = raw[i:i + 64]
+            data = self._filter(chunk)
+            self.prev = chunk[-1].copy()
+            out = self.z.compress(data.tobytes())
+            if out:
+                self.f.write(_chunk(b"IDAT", out))
+        self.rows += band.shape[0]
+
+    def _filter(self, x8: np.ndarray) -> np.ndarray:
+        n, bpp = x8.shape[0], self.bpp
+        x = x8.astype(np.int16)
+        b = np.vstack([self.prev[None].astype(np.int16), x[:-1]])  # up
+        a = np.zeros_like(x)
+        a[:, bpp:] = x[:, :-bpp]  # left
+        c = np.zeros_like(x)
+        c[:, bpp:] = b[:, :-bpp]  # up-left
+        p = a + b - c
+        pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+        cands = np.stack([x, x - a, x - b, x - (a + b) // 2, x - paeth]).astype(np.uint8)  # (5, n, L)
+        cost = np.abs(cands.view(np.int8).astype(np.int32)).sum(axis=2)  # (5, n)
+        best = cost.argmin(axis=0)  # (n,)
+        out = np.empty((n, self.rowbytes + 1), np.uint8)
+        out[:, 0] = best
+        out[:, 1:] = cands[best, np.arange(n)]
+        return out
+
+    def close(self) -> None:
+        if self.rows != self.height:
+            raise OutputError(f"PNG stream got {self.rows} of {self.height} rows")
+        self.f.write(_chunk(b"IDAT", self.z.flush()))
+        self.f.write(_chunk(b"IEND", b""))

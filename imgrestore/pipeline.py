@@ -17,8 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
+
 from . import io
-from .errors import ImgRestoreError, InputError, OutputError
+from .errors import ImgRestoreError, InputError, OutputError, OutputExists
+
+
+# outputs at least this large are streamed to PNG band by band
+STREAM_MIN_PIXELS = 16_000_000
 
 
 @dataclass
@@ -110,6 +116,11 @@ def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
                 res, fut = writes.popleft()
                 try:
                     fut.result()
+                except OutputExists:
+                    # another run (e.g. a concurrent one) finished this output first
+                    res.status, res.reason = "skipped", "output exists (written by another run)"
+                except (KeyboardInterrupt, SystemExit):
+                    raise
                 except BaseException as e:  # noqa: BLE001 - reported per file
                     res.status, res.reason = "failed", _describe(e, o.debug)
                 yield res
@@ -140,13 +151,23 @@ def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
                 pic = reads.pop(i).result() if i in reads else io.read(job, o.max_pixels)
                 res.size_in = pic.size
                 res.notes = list(pic.notes)
+                w, h = pic.size
+                if fmt == "png" and out != "-" and w * h * restorer.scale**2 >= STREAM_MIN_PIXELS:
+                    yield from drain(True)
+                    res.size_out = _stream_png(restorer, pic, Path(out), o)
+                    res.seconds = time.perf_counter() - t0
+                    yield res
+                    continue
                 result = restorer.restore_picture(pic, o.tile, o.overlap, o.on_tile)
                 res.size_out = result.size
                 del pic
             except BaseException as e:  # noqa: BLE001 - one bad input never stops a batch
                 if isinstance(e, (KeyboardInterrupt, SystemExit)):
                     raise
-                res.status, res.reason = "failed", _describe(e, o.debug)
+                if isinstance(e, OutputExists):
+                    res.status, res.reason = "skipped", "output exists (written by another run)"
+                else:
+                    res.status, res.reason = "failed", _describe(e, o.debug)
                 res.seconds = time.perf_counter() - t0
                 yield from drain(True)
                 yield res
@@ -158,16 +179,34 @@ def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
 
 
 def _write(pic: io.Picture, out: Path | str, fmt: str, o: Options, res: Result, t0: float) -> None:
-    data = io.encode(pic, fmt, o.quality)
     if out == "-":
+        data = io.encode(pic, fmt, o.quality)
         try:
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
         except OSError as e:
             raise OutputError(f"cannot write to stdout ({e.strerror or e})") from None
     else:
-        io.write_atomic(data, Path(out), o.overwrite)
+        io.write_atomic(lambda f: io.encode(pic, fmt, o.quality, f), Path(out), o.overwrite)
     res.seconds = time.perf_counter() - t0
+
+
+def _stream_png(restorer, pic: io.Picture, out: Path, o: Options) -> tuple[int, int]:
+    """Run the network band by band straight into a PNG: the output is never
+    held whole (a 24000x18000 result is 1.3 GB as 8-bit RGB)."""
+    desc, bands = restorer.picture_bands(pic, o.tile, o.overlap, o.on_tile)
+    h, w, c = desc.pixels.shape
+    channels = c + (1 if desc.has_alpha else 0)
+    bits = 16 if desc.pixels.dtype.itemsize == 2 else 8
+
+    def writer(f):
+        png = io.PngStream(f, w, h, channels, bits, desc.icc, desc.exif, io.png_level(h * w * c))
+        for _, band, alpha in bands:
+            png.write(np.dstack([band, alpha]) if alpha is not None else band)
+        png.close()
+
+    io.write_atomic(writer, out, o.overwrite)
+    return w, h
 
 
 __all__ = ["Options", "Result", "run", "target", "InputError", "OutputError"]

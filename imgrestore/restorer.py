@@ -8,9 +8,10 @@ a raw network.
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -21,6 +22,10 @@ from .errors import ImgRestoreError
 from .io import Picture
 
 DEFAULT_TILE = 512  # input pixels per tile side: fast, and memory stays small
+
+
+def _mean_channels(a: np.ndarray, keepdims: bool) -> np.ndarray:
+    return np.round(a.astype(np.float32).mean(axis=2, keepdims=keepdims)).astype(a.dtype)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -64,25 +69,42 @@ class Restorer:
                 y = y[..., : h * self.scale, : w * self.scale]
             return y.clamp_(0.0, 1.0)
 
-    def run_pixels(self, px: np.ndarray, tile: int | None = DEFAULT_TILE, overlap: int | None = None,
-                   on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """(H, W, 3) uint8/uint16 -> (H*s, W*s, 3) same dtype, tiled. Output is
-        quantized tile by tile into one integer array: never a full-size
-        float copy."""
+    def iter_bands(self, px: np.ndarray, tile: int | None = DEFAULT_TILE, overlap: int | None = None,
+                   on_tile: Callable[[int, int], None] | None = None
+                   ) -> Iterator[tuple[int, np.ndarray]]:
+        """(H, W, C) uint8/uint16 -> yields (first output row, band of finished
+        output rows (rows, W*s, C), same dtype), one band per row of tiles.
+        Quantized tile by tile: never a full-size float copy, and a caller
+        that streams bands never holds the whole output."""
         h, w, c = px.shape
         s = self.scale
         top = 65535.0 if px.dtype == np.uint16 else 255.0
         overlap = self.radius if overlap is None else overlap
-        out = np.empty((h * s, w * s, c), dtype=px.dtype)
         tiles = tiling.plan(h, w, tile, overlap)
-        with torch.inference_mode():
-            for i, t in enumerate(tiles):
-                self._run_tile(px, t, top, out)
+        done = 0
+        for y0, row in itertools.groupby(tiles, key=lambda t: t.y0):
+            row = list(row)
+            band = np.empty(((row[0].y1 - y0) * s, w * s, c), dtype=px.dtype)
+            for t in row:
+                # inference mode per tile, never across a yield: the mode is
+                # thread state and would leak into the caller
+                with torch.inference_mode():
+                    self._run_tile(px, t, top, band)
+                done += 1
                 if on_tile:
-                    on_tile(i + 1, len(tiles))
+                    on_tile(done, len(tiles))
+            yield y0 * s, band
+
+    def run_pixels(self, px: np.ndarray, tile: int | None = DEFAULT_TILE, overlap: int | None = None,
+                   on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """(H, W, C) uint8/uint16 -> (H*s, W*s, C) same dtype, tiled."""
+        h, w, c = px.shape
+        out = np.empty((h * self.scale, w * self.scale, c), dtype=px.dtype)
+        for oy, band in self.iter_bands(px, tile, overlap, on_tile):
+            out[oy:oy + band.shape[0]] = band
         return out
 
-    def _run_tile(self, px: np.ndarray, t: tiling.Tile, top: float, out: np.ndarray) -> None:
+    def _run_tile(self, px: np.ndarray, t: tiling.Tile, top: float, band: np.ndarray) -> None:
         s = self.scale
         # np.array copies: the tile is small, and torch wants writable memory
         patch = torch.from_numpy(np.array(px[t.py0:t.py1, t.px0:t.px1]))
@@ -90,24 +112,53 @@ class Restorer:
         y = self.forward(x)
         ys, xs = t.crop_in_output(s)
         y = y[0, :, ys, xs].mul_(top).round_().permute(1, 2, 0)  # (h', w', C)
-        oy, ox = t.place_in_image(s)
-        out[oy, ox] = y.cpu().numpy().astype(px.dtype)
+        band[:, t.x0 * s:t.x1 * s] = y.cpu().numpy().astype(px.dtype)
 
     # ------------------------------------------------------------------ pictures
+    def picture_bands(self, pic: Picture, tile: int | None = DEFAULT_TILE, overlap: int | None = None,
+                      on_tile: Callable[[int, int], None] | None = None
+                      ) -> tuple[Picture, Iterator[tuple[int, np.ndarray, np.ndarray | None]]]:
+        """The output's description (a Picture whose pixels are an empty
+        (H', W', C) view giving shape and dtype) and an iterator of (first row,
+        pixel band, alpha band or None)."""
+        px = pic.pixels
+        h, w = px.shape[:2]
+        s = self.scale
+        rgb = np.repeat(px, 3, axis=2) if pic.gray else px
+        bands = self.iter_bands(rgb, tile, overlap, on_tile)
+        alpha_bands = None
+        if pic.alpha is not None and s != 1:
+            # alpha upscaled on its own by the same network, then re-attached
+            alpha_bands = self.iter_bands(np.repeat(pic.alpha[..., None], 3, axis=2), tile, overlap)
+
+        def gen():
+            for oy, band in bands:
+                if pic.gray:
+                    # gray in -> gray out: the model saw three equal channels
+                    band = _mean_channels(band, keepdims=True)
+                a = None
+                if alpha_bands is not None:
+                    _, ab = next(alpha_bands)
+                    a = _mean_channels(ab, keepdims=False)
+                elif pic.alpha is not None:
+                    a = pic.alpha[oy:oy + band.shape[0]]
+                yield oy, band, a
+
+        shape = np.broadcast_to(np.zeros((), px.dtype), (h * s, w * s, px.shape[2]))
+        desc = Picture(shape, None, pic.exif, pic.icc, pic.format, list(pic.notes))
+        desc.has_alpha = pic.alpha is not None
+        return desc, gen()
+
     def restore_picture(self, pic: Picture, tile: int | None = DEFAULT_TILE,
                         overlap: int | None = None,
                         on_tile: Callable[[int, int], None] | None = None) -> Picture:
-        px = pic.pixels
-        rgb = np.repeat(px, 3, axis=2) if pic.gray else px
-        out = self.run_pixels(rgb, tile, overlap, on_tile)
-        if pic.gray:
-            # gray in -> gray out: the model saw three equal channels
-            out = np.round(out.astype(np.float32).mean(axis=2, keepdims=True)).astype(px.dtype)
-        alpha = pic.alpha
-        if alpha is not None and self.scale != 1:
-            # alpha upscaled on its own by the same network, then re-attached
-            a = self.run_pixels(np.repeat(alpha[..., None], 3, axis=2), tile, overlap)
-            alpha = np.round(a.astype(np.float32).mean(axis=2)).astype(alpha.dtype)
+        desc, bands = self.picture_bands(pic, tile, overlap, on_tile)
+        out = np.empty(desc.pixels.shape, desc.pixels.dtype)
+        alpha = np.empty(out.shape[:2], out.dtype) if desc.has_alpha else None
+        for oy, band, a in bands:
+            out[oy:oy + band.shape[0]] = band
+            if alpha is not None:
+                alpha[oy:oy + band.shape[0]] = a
         return Picture(out, alpha, pic.exif, pic.icc, pic.format, list(pic.notes))
 
     def __call__(self, image, tile: int | None = DEFAULT_TILE):

@@ -165,3 +165,19 @@ def test_models_lists_shipped(cli):
     rows = [json.loads(l) for l in out.decode().splitlines()]
     assert {r["name"] for r in rows} >= {"upscale-x2", "upscale-x3", "upscale-x4"}
     assert all("error" not in r and r["params"] > 0 and r["gmacs_per_output_mp"] > 0 for r in rows)
+
+
+def test_streamed_png_equals_in_memory(cli, tiny_x2, tmp_path, monkeypatch):
+    from imgrestore import pipeline
+
+    d = tmp_path / "in"
+    d.mkdir()
+    noise_image(30, 20, "RGBA").save(d / "alpha.png")
+    noise_image(30, 20, "L").save(d / "gray.png")
+    noise_image(30, 20).save(d / "rgb.png")
+    assert cli("upscale", "--model", tiny_x2, d, "-o", tmp_path / "mem", "--tile", 8)[0] == 0
+    monkeypatch.setattr(pipeline, "STREAM_MIN_PIXELS", 1)
+    assert cli("upscale", "--model", tiny_x2, d, "-o", tmp_path / "stream", "--tile", 8)[0] == 0
+    for name in ("alpha.png", "gray.png", "rgb.png"):
+        with Image.open(tmp_path / "mem" / name) as a, Image.open(tmp_path / "stream" / name) as b:
+            assert a.mode == b.mode and np.array_equal(np.asarray(a), np.asarray(b))

@@ -141,3 +141,37 @@ def test_find_inputs_and_shard(tmp_path):
     assert sorted(j.rel for p in parts for j in p) == sorted(j.rel for j in many)
     assert all(20 < len(p) < 80 for p in parts)
     assert imgio.shard(list(reversed(many)), 2, 4) == list(reversed(parts[1]))
+
+
+@pytest.mark.parametrize("channels,bits", [(1, 8), (2, 8), (3, 8), (4, 8), (1, 16), (3, 16), (4, 16)])
+def test_png_stream_roundtrip(channels, bits):
+    dtype = np.uint16 if bits == 16 else np.uint8
+    a = np.random.default_rng(channels).integers(0, 2**bits, (70, 23, channels)).astype(dtype)
+    a[:, :, 0] = np.arange(23, dtype=dtype)[None] * 7  # structure the filters can use
+    buf = _io.BytesIO()
+    png = imgio.PngStream(buf, 23, 70, channels, bits, icc=b"profile", exif=None)
+    for i in range(0, 70, 30):
+        png.write(a[i:i + 30])
+    png.close()
+    pic = imgio.decode(buf.getvalue())
+    back = pic.pixels if pic.alpha is None else np.dstack([pic.pixels, pic.alpha])
+    if channels in (2, 4) and pic.alpha is None:  # a fully opaque alpha is not carried
+        back = np.dstack([back, np.full(back.shape[:2], 2**bits - 1, dtype)])
+    assert np.array_equal(back, a)
+
+
+def test_png_stream_refuses_short_image():
+    png = imgio.PngStream(_io.BytesIO(), 4, 4, 3, 8)
+    png.write(np.zeros((2, 4, 3), np.uint8))
+    with pytest.raises(OutputError, match="2 of 4 rows"):
+        png.close()
+
+
+def test_interrupted_write_leaves_nothing(tmp_path):
+    def writer(f):
+        f.write(b"half an image")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        imgio.write_atomic(writer, tmp_path / "o.png", overwrite=False)
+    assert list(tmp_path.iterdir()) == []

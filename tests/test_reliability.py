@@ -1,0 +1,139 @@
+"""Interruptions, concurrent runs, unwritable outputs: nothing is lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from conftest import noise_image, tree_digest
+
+
+def _cmd(model, *args):
+    return [sys.executable, "-m", "imgrestore", "upscale", "--model", str(model), "--threads", "1", *map(str, args)]
+
+
+def _env():
+    # the checkout's package, whichever way the tests were started
+    root = Path(__file__).resolve().parent.parent
+    return {**os.environ, "PYTHONPATH": str(root)}
+
+
+def _valid_outputs(folder: Path) -> list[str]:
+    names = []
+    for p in sorted(folder.rglob("*")):
+        assert not p.name.endswith(".tmp"), f"temporary file left: {p}"
+        with Image.open(p) as im:
+            im.load()  # a half-written file fails here
+        names.append(p.name)
+    return names
+
+
+def _batch(folder: Path, n: int, side: int = 48) -> Path:
+    folder.mkdir()
+    for i in range(n):
+        noise_image(side, side, seed=i).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def test_interrupt_then_resume(tiny_x2, tmp_path):
+    src = _batch(tmp_path / "in", 200, side=128)
+    before = tree_digest(src)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_cmd(tiny_x2, src, "-o", out, "-q"), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out.exists() and any(out.iterdir())):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err  # stopped mid-batch
+    first = _valid_outputs(out)
+    assert 0 < len(first) < 200
+    rerun = subprocess.run(_cmd(tiny_x2, src, "-o", out, "--json"), env=_env(),
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    statuses = [line.split('"status": "')[1].split('"')[0] for line in rerun.stdout.splitlines()]
+    assert statuses.count("skipped") == len(first)  # finished outputs are not redone
+    assert len(_valid_outputs(out)) == 200
+    assert tree_digest(src) == before
+
+
+def test_sigterm_is_clean(tiny_x2, tmp_path):
+    src = _batch(tmp_path / "in", 200, side=128)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_cmd(tiny_x2, src, "-o", out, "-q"), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out.exists() and any(out.iterdir())):
+        time.sleep(0.02)
+    proc.terminate()
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert 0 < len(_valid_outputs(out)) < 200
+
+
+def test_two_runs_into_one_folder(tiny_x2, tmp_path):
+    src = _batch(tmp_path / "in", 30)
+    out = tmp_path / "out"
+    procs = [subprocess.Popen(_cmd(tiny_x2, src, "-o", out, "-q"), env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
+    assert len(_valid_outputs(out)) == 30
+
+
+def test_unwritable_output_folder(cli, tiny_x2, tmp_path):
+    src = _batch(tmp_path / "in", 3, side=8)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    code, _, err = cli("upscale", "--model", tiny_x2, src, "-o", blocker / "out")
+    assert code == 1
+    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(lines) == 3 and all("cannot write" in l for l in lines)
+
+
+def test_corpus_of_bad_inputs(cli, tiny_x2, tmp_path):
+    """Every kind of troublesome input in one batch: the bad ones get one
+    line each, the odd-but-valid ones are done, exit 1."""
+    import io as _io
+
+    d = tmp_path / "corpus"
+    d.mkdir()
+    good = _io.BytesIO()
+    noise_image(32, 32).save(good, format="JPEG")
+    (d / "truncated.jpg").write_bytes(good.getvalue()[:300])
+    (d / "zero.jpg").write_bytes(b"")
+    (d / "text.png").write_text("I am text")
+    noise_image(1, 1).save(d / "one_pixel.png")
+    Image.fromarray(np.full((5, 6), 1000, np.uint16)).save(d / "deep16.png")
+    noise_image(8, 8).convert("CMYK").save(d / "cmyk.jpg")
+    pal = noise_image(8, 8).convert("P")
+    pal.save(d / "palette.png", transparency=3)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    noise_image(4, 8).save(d / "rotated.jpg", exif=exif.tobytes())
+    frames = [noise_image(6, 6, seed=i).convert("P") for i in range(2)]
+    frames[0].save(d / "anim.gif", save_all=True, append_images=frames[1:])
+    noise_image(64, 64).save(d / "bomb.png")
+    before = tree_digest(d)
+    out = tmp_path / "out"
+    code, _, err = cli("upscale", "--model", tiny_x2, d, "-o", out, "--max-pixels", 4000)
+    assert code == 1
+    errors = {l.split(":")[1].strip().rsplit("/", 1)[-1]: l for l in err.splitlines() if l.startswith("error:")}
+    assert set(errors) == {"truncated.jpg", "zero.jpg", "text.png", "bomb.png"}
+    assert "pixel limit" in errors["bomb.png"] and "--max-pixels" in errors["bomb.png"]
+    assert "Traceback" not in err
+    assert any("anim.gif" in l and "first frame" in l for l in err.splitlines())
+    done = sorted(p.name for p in out.iterdir())
+    assert done == ["anim.png", "cmyk.jpg", "deep16.png", "one_pixel.png", "palette.png", "rotated.jpg"]
+    with Image.open(out / "rotated.jpg") as im:
+        assert im.size == (8, 16)  # stored 8x4, orientation 6: upright 4x8, then x2
+    assert tree_digest(d) == before
