@@ -25,7 +25,7 @@ from .train.data import list_images
 
 def to_tensor(a: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (1, 3, H, W) float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float().div_(255)
+    return torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float().div_(255)
 
 
 def to_uint8(t: torch.Tensor) -> np.ndarray:
@@ -185,3 +185,82 @@ def bench_upscale(restorer, folders: list[str], threads: int, size: int = 512, s
         "threads": threads, "torch": torch.__version__, "quality": quality,
         "speed": _speed_rows(restorer, size, folders) if speed else [],
     }
+
+
+# ---------------------------------------------------------------------------- colorize
+
+@dataclass
+class ColorResult:
+    folder: str
+    images: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        m = lambda k: float(np.mean([r[k] for r in self.images]))  # noqa: E731
+        out = {k: round(m(k), 4) for k in ("psnr", "psnr_gray", "colorfulness", "colorfulness_original")}
+        out["gain_db"] = round(out["psnr"] - out["psnr_gray"], 4)
+        out["colorfulness_ratio"] = round(out["colorfulness"] / max(1e-6, out["colorfulness_original"]), 4)
+        out["seconds_per_mp"] = round(sum(r["seconds"] for r in self.images)
+                                      / sum(r["mp"] for r in self.images), 4)
+        out["images"] = len(self.images)
+        return out
+
+
+def eval_colorize(model, folder: str | Path, render_size: int = 256, limit: int | None = None) -> ColorResult:
+    """The model sees only the luminance of each original colour image; PSNR
+    (RGB) and colourfulness of its output against the original, next to the
+    gray image (same L, no chroma) from the same run."""
+    from .color import colorfulness
+    from .restorer import colorize_pixels, pixels_to_l
+    from .train.colorize import is_gray
+
+    res = ColorResult(str(folder))
+    files = list_images([folder])
+    for path in files:
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"))
+        if is_gray(rgb):
+            continue  # nothing to compare colours against
+        t = time.perf_counter()
+        out = colorize_pixels(model, rgb, render_size)
+        sec = time.perf_counter() - t
+        # the gray baseline: the same L with a = b = 0
+        from .color import lab_to_rgb
+
+        l = pixels_to_l(rgb)
+        gray = to_uint8(lab_to_rgb(torch.cat([l, torch.zeros(1, 2, *l.shape[2:])], dim=1)))
+        res.images.append({
+            "name": path.name, "psnr": psnr(out, rgb), "psnr_gray": psnr(gray, rgb),
+            "colorfulness": float(colorfulness(to_tensor(out))[0]),
+            "colorfulness_original": float(colorfulness(to_tensor(rgb))[0]),
+            "seconds": sec, "mp": rgb.shape[0] * rgb.shape[1] / 1e6,
+        })
+        if limit and len(res.images) >= limit:
+            break
+    return res
+
+
+def bench_colorize(restorer, folders: list[str], threads: int, speed: bool = True) -> dict:
+    from .registry import count_params
+    from .restorer import colorize_pixels
+
+    quality = {Path(f).name: eval_colorize(restorer.model, f, restorer.render_size).summary() for f in folders}
+    rows = []
+    if speed:
+        rng = np.random.default_rng(0)
+        for side in (1000, 4900):  # 1 MP and 24 MP
+            img = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+            if folders:
+                with Image.open(list_images([folders[0]])[0]) as im:
+                    img = np.asarray(im.convert("RGB").resize((side, side), Image.BICUBIC))
+            sec = time_call(lambda: colorize_pixels(restorer.model, img, restorer.render_size),
+                            repeat=2 if side > 2000 else 3)
+            ref = time_call(lambda: np.asarray(Image.fromarray(img).convert("L").convert("RGB")),
+                            repeat=2 if side > 2000 else 3)
+            mp = side * side / 1e6
+            rows.append({"test": f"{side}x{side} ({mp:.0f} MP)", "method": f"imgrestore {restorer.name}",
+                         "seconds": sec, "mp_per_s": mp / sec})
+            rows.append({"test": f"{side}x{side} ({mp:.0f} MP)", "method": "Pillow gray->RGB (reference)",
+                         "seconds": ref, "mp_per_s": mp / ref})
+    return {"model": restorer.name, "params": count_params(restorer.model), "threads": threads,
+            "render_size": restorer.render_size, "torch": torch.__version__, "quality": quality,
+            "speed": rows}

@@ -221,11 +221,44 @@ def upscale(scale, inputs, output, recursive, model, fmt, quality, suffix, tile,
 
 
 @cli.command()
+@click.option("--reference", type=click.Path(exists=True, dir_okay=False),
+              help="Colour in the style of this photo (its global features are used).")
+@click.option("--render-size", type=click.IntRange(32, 2048), default=256, show_default=True,
+              help="Working resolution (long side) of the network: detail of the colours vs speed. "
+              "The output keeps the input's full resolution and luminance.")
+@processing_options
+@_interruptible
+def colorize(reference, render_size, inputs, output, recursive, model, fmt, quality, suffix, tile,
+             tile_overlap, device, threads, overwrite, shard, max_pixels, quiet, as_json, debug):
+    """Colorize black-and-white or faded photos (colour input is recolorized
+    from its luminance)."""
+    from .errors import ImgRestoreError
+
+    _setup_torch(threads)
+    restorer = _load_restorer(model or "colorize", device, debug)
+    if restorer.task != "colorize":
+        _fail_usage(f"model {model} is a {restorer.task} model, not a colorizer")
+    restorer.render_size = render_size
+    if reference:
+        try:
+            restorer.set_reference(imgio.read(imgio.Job(Path(reference), Path(reference).name), max_pixels))
+        except ImgRestoreError as e:
+            raise click.BadParameter(f"{reference}: {e}", param_hint="--reference") from None
+    code = _run_batch(restorer, inputs, output=output, recursive=recursive, fmt=fmt, quality=quality,
+                      suffix=suffix, tile=tile, tile_overlap=tile_overlap, overwrite=overwrite,
+                      shard=shard, max_pixels=max_pixels, quiet=quiet, as_json=as_json, debug=debug,
+                      default_suffix="_color")
+    sys.exit(code)
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 def models(as_json):
     """List the shipped models: task, scale, size, cost and measured quality."""
     from rich.console import Console
     from rich.table import Table
+
+    import torch
 
     from . import registry, weights
     from .errors import ImgRestoreError
@@ -239,7 +272,13 @@ def models(as_json):
             if hasattr(net, "reparameterize"):
                 net.reparameterize()
             row["params"] = registry.count_params(net)
-            row["gmacs_per_output_mp"] = round(registry.macs_per_output_mp(net.eval(), m.scale) / 1e9, 3)
+            if m.task == "colorize":
+                # fixed cost per image: the network runs at the working size
+                row["gmacs_per_image_at_256"] = round(
+                    registry.count_macs(net.eval(), torch.zeros(1, 1, 256, 256)) / 1e9, 3)
+            else:
+                row["gmacs_per_output_mp"] = round(
+                    registry.macs_per_output_mp(net.eval(), m.scale) / 1e9, 3)
             metrics = wf.provenance.get("metrics", {})
             row["quality"] = {k: {"psnr": v["psnr"], "gain_db": v["gain_db"]}
                               for k, v in metrics.items() if "gain_db" in v}
@@ -251,13 +290,18 @@ def models(as_json):
             click.echo(json.dumps(r))
         return
     t = Table(title="imgrestore models")
-    for col in ("name", "task", "scale", "params", "GMACs/out MP", "quality (PSNR-Y, gain over bicubic)"):
+    for col in ("name", "task", "scale", "params", "GMACs", "quality: PSNR (gain over the baseline)"):
         t.add_column(col)
     for r in rows:
         q = ", ".join(f"{k} {v['psnr']:.2f} dB ({v['gain_db']:+.2f})" for k, v in r.get("quality", {}).items())
-        t.add_row(r["name"], r["task"], f"x{r['scale']}", f"{r.get('params', '-'):,}" if "params" in r else "-",
-                  f"{r['gmacs_per_output_mp']:.2f}" if "gmacs_per_output_mp" in r else "-",
-                  q or r.get("error", "-"))
+        if "gmacs_per_output_mp" in r:
+            cost = f"{r['gmacs_per_output_mp']:.2f} per output MP"
+        elif "gmacs_per_image_at_256" in r:
+            cost = f"{r['gmacs_per_image_at_256']:.2f} per image (render 256)"
+        else:
+            cost = "-"
+        t.add_row(r["name"], r["task"], f"x{r['scale']}", f"{r['params']:,}" if "params" in r else "-",
+                  cost, q or r.get("error", "-"))
     Console().print(t)
 
 
@@ -295,6 +339,58 @@ def bench_upscale(scale, model, threads, size, speed, as_json, folders):
         _print_bench(report)
 
 
+@bench.command("colorize")
+@click.option("--model", default="colorize", show_default=True, help="Model name or path.")
+@click.option("--render-size", type=click.IntRange(32, 2048), default=256, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--speed/--no-speed", default=True, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("folders", nargs=-1, type=click.Path(exists=True, file_okay=False))
+def bench_colorize_cmd(model, render_size, threads, speed, as_json, folders):
+    """PSNR (RGB) and colourfulness of the colorized luminance of each colour
+    photo in FOLDER against the original, next to the gray-image baseline;
+    seconds per image at 1 MP and 24 MP."""
+    from .bench import bench_colorize
+
+    _setup_torch(threads)
+    restorer = _load_restorer(model, "cpu", False)
+    if restorer.task != "colorize":
+        _fail_usage(f"model {model} is not a colorizer")
+    restorer.render_size = render_size
+    report = bench_colorize(restorer, list(folders), threads=threads, speed=speed)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(f"model {report['model']}, {report['params']:,} parameters, render size "
+              f"{report['render_size']}, torch threads {threads}")
+    t = Table(title="quality (RGB PSNR against the original colour photo)")
+    for c in ("folder", "images", "PSNR", "gray PSNR", "gain dB", "colourfulness", "original", "ratio"):
+        t.add_column(c)
+    for name, q in report["quality"].items():
+        t.add_row(name, str(q["images"]), f"{q['psnr']:.3f}", f"{q['psnr_gray']:.3f}", f"{q['gain_db']:+.3f}",
+                  f"{q['colorfulness']:.2f}", f"{q['colorfulness_original']:.2f}",
+                  f"{q['colorfulness_ratio']:.1%}")
+    con.print(t)
+    _print_speed(con, report["speed"])
+
+
+def _print_speed(con, rows) -> None:
+    from rich.table import Table
+
+    if not rows:
+        return
+    t = Table(title="speed (best of several runs)")
+    for c in ("test", "method", "seconds", "MP/s"):
+        t.add_column(c)
+    for row in rows:
+        t.add_row(row["test"], row["method"], f"{row['seconds']:.3f}", f"{row['mp_per_s']:.2f}")
+    con.print(t)
+
+
 def _print_bench(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -310,13 +406,7 @@ def _print_bench(report: dict) -> None:
             t.add_row(name, str(q["images"]), f"{q['psnr']:.3f}", f"{q['ssim']:.4f}",
                       f"{q['psnr_bicubic']:.3f}", f"{q['ssim_bicubic']:.4f}", f"{q['gain_db']:+.3f}")
         con.print(t)
-    if report.get("speed"):
-        t = Table(title="speed (output megapixels per second, best of 3)")
-        for c in ("test", "method", "seconds", "output MP/s"):
-            t.add_column(c)
-        for row in report["speed"]:
-            t.add_row(row["test"], row["method"], f"{row['seconds']:.3f}", f"{row['mp_per_s']:.2f}")
-        con.print(t)
+    _print_speed(con, report.get("speed"))
 
 
 @cli.group()
@@ -356,6 +446,34 @@ def train_upscale(scale, data, val, steps, batch, patch, channels, blocks, lr, i
 
     task = make_task(list(data), scale, channels=channels, blocks=blocks, patch=patch, batch=batch,
                      val=list(val), init=Path(init) if init else None, seed=seed, log=log)
+    run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log))
+
+
+@train.command("colorize")
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True),
+              help="Folder(s) of colour training images (wnid in the name gives the class).")
+@click.option("--val", multiple=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--steps", type=click.IntRange(1), default=10000, show_default=True)
+@click.option("--batch", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--crop", type=click.IntRange(32), default=128, show_default=True)
+@click.option("--width", type=click.IntRange(4), default=32, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--threads", type=click.IntRange(1))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--eval-every", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
+def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval_every, output):
+    """Train the fusion colorizer; writes OUTPUT and OUTPUT.state (resume by
+    running the same command again)."""
+    from .train.colorize import make_task
+    from .train.loop import TrainOptions, train as run_train
+
+    _setup_torch(threads)
+
+    def log(msg: str) -> None:
+        click.echo(msg, err=True)
+
+    task = make_task(list(data), width=width, crop=crop, batch=batch, val=list(val), seed=seed, log=log)
     run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log))
 
 

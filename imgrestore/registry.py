@@ -36,12 +36,25 @@ def _build_ecbsr(config: dict) -> nn.Module:
     return ECBSR(**config)
 
 
+def _build_colornet(config: dict) -> nn.Module:
+    from .models.colorize import FusionColorNet
+
+    return FusionColorNet(**config)
+
+
 ARCHS: dict[str, ArchSpec] = {
     "ecbsr": ArchSpec(
         id="ecbsr",
         build=_build_ecbsr,
         # head + body + tail 3x3 convs, one pixel each
         receptive_radius=lambda c: c.get("blocks", 4) + 2,
+    ),
+    "fusion-colornet": ArchSpec(
+        id="fusion-colornet",
+        build=_build_colornet,
+        receptive_radius=lambda c: 0,  # whole image at a working resolution: never tiled
+        size_multiple=8,
+        tile_safe=False,
     ),
 }
 
@@ -61,6 +74,8 @@ SHIPPED: dict[str, ShippedModel] = {
         ShippedModel("upscale-x2", "upscale-x2.safetensors", "upscale", 2, "fast x2 (ECBSR)"),
         ShippedModel("upscale-x3", "upscale-x3.safetensors", "upscale", 3, "fast x3 (ECBSR)"),
         ShippedModel("upscale-x4", "upscale-x4.safetensors", "upscale", 4, "fast x4 (ECBSR)"),
+        ShippedModel("colorize", "colorize.safetensors", "colorize", 1,
+                     "global+local fusion colorizer with multi-scale attention"),
     ]
 }
 
@@ -118,8 +133,14 @@ def count_params(model: nn.Module) -> int:
 
 
 def macs_per_output_mp(model: nn.Module, scale: int, colors: int = 3, size: int = 64) -> float:
-    """Multiply-accumulates per output megapixel, counted with forward hooks
-    on convolutions and linear layers (the deployed form is what runs)."""
+    """Multiply-accumulates per output megapixel (the deployed form is what
+    runs)."""
+    return count_macs(model, torch.zeros(1, colors, size, size)) / (size * scale) ** 2 * 1e6
+
+
+def count_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass, counted with hooks on
+    convolutions and linear layers."""
     total = 0
 
     def conv_hook(mod, inp, out):
@@ -137,9 +158,8 @@ def macs_per_output_mp(model: nn.Module, scale: int, colors: int = 3, size: int 
              if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
     try:
         with torch.inference_mode():
-            model(torch.zeros(1, colors, size, size))
+            model(x)
     finally:
         for h in hooks:
             h.remove()
-    out_pixels = (size * scale) ** 2
-    return total / out_pixels * 1e6
+    return total

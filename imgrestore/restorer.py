@@ -171,8 +171,10 @@ class Restorer:
 
             px, alpha = _to_arrays(image, b"", "")
             res = self.restore_picture(Picture(px, alpha), tile)
-            if res.pixels.dtype == np.uint16:
-                return Image.fromarray(res.pixels[..., 0] if res.gray else res.pixels)
+            if res.pixels.dtype == np.uint16 and res.gray:
+                return Image.fromarray(res.pixels[..., 0])
+            if res.pixels.dtype == np.uint16:  # PIL has no 16-bit RGB: 8 bits
+                res.pixels = (res.pixels // 257).astype(np.uint8)
             arr = res.pixels[..., 0] if res.gray else res.pixels
             if res.alpha is not None:
                 return Image.fromarray(np.dstack([arr, res.alpha]), "LA" if res.gray else "RGBA")
@@ -190,7 +192,7 @@ class Restorer:
         out = res.pixels
         if res.alpha is not None:
             out = np.dstack([out, res.alpha])
-        return out[..., 0] if squeeze else out
+        return out[..., 0] if squeeze and out.shape[2] == 1 else out
 
     def describe(self) -> dict:
         return {"name": self.name, "task": self.task, "scale": self.scale, "arch": self.meta.arch,
@@ -211,4 +213,101 @@ def load(model: str | os.PathLike = "upscale-x4", device: str = "auto") -> Resto
     for p in net.parameters():
         p.requires_grad_(False)
     name = str(model) if str(model) in registry.SHIPPED else Path(path).stem
-    return Restorer(net, wf, spec, dev, name)
+    return RESTORERS.get(wf.task, Restorer)(net, wf, spec, dev, name)
+
+
+# ---------------------------------------------------------------------------- colorize
+
+def bilinear_matrix(n_out: int, n_in: int) -> torch.Tensor:
+    """(n_out, n_in) weights of 1-D bilinear resampling with the semantics of
+    F.interpolate(mode="bilinear", align_corners=False): applying it to rows
+    and columns resamples exactly like interpolate, band by band."""
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * n_in / n_out - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    frac = (src - i0).clamp(0, 1)
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    m[torch.arange(n_out), i0] += 1 - frac
+    m[torch.arange(n_out), i1] += frac
+    return m.float()
+
+
+def render_dims(h: int, w: int, render: int) -> tuple[int, int]:
+    """The working size: long side `render`, aspect kept, sides multiples of 8."""
+    s = render / max(h, w)
+    return max(8, round(h * s / 8) * 8), max(8, round(w * s / 8) * 8)
+
+
+def pixels_to_l(px: np.ndarray) -> torch.Tensor:
+    """(H, W, 1|3) uint8/uint16 -> (1, 1, H, W) Lab L, computed in row bands."""
+    from .color import gray_to_l, luminance
+
+    h, w, c = px.shape
+    top = 65535.0 if px.dtype == np.uint16 else 255.0
+    out = torch.empty(1, 1, h, w)
+    for y in range(0, h, 512):
+        band = torch.from_numpy(np.array(px[y:y + 512])).permute(2, 0, 1)[None].float().div_(top)
+        out[:, :, y:y + 512] = gray_to_l(band) if c == 1 else luminance(band)
+    return out
+
+
+def colorize_pixels(model, px: np.ndarray, render_size: int = 256,
+                    reference_l: torch.Tensor | None = None, band_rows: int = 256) -> np.ndarray:
+    """(H, W, 1|3) uint8/uint16 -> (H, W, 3) same dtype: the photo's own
+    full-resolution L joined to a*b* predicted at the working resolution and
+    upsampled; the network's cost does not depend on the photo's size."""
+    from .color import lab_to_rgb
+
+    h, w = px.shape[:2]
+    top = 65535.0 if px.dtype == np.uint16 else 255.0
+    l_full = pixels_to_l(px)  # (1, 1, H, W)
+    rh, rw = render_dims(h, w, render_size)
+    l_small = F.interpolate(l_full, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
+    with torch.inference_mode():
+        ab = model(l_small, global_from=reference_l)[0]  # (2, rh/2, rw/2)
+    ry, rx = bilinear_matrix(h, ab.shape[1]), bilinear_matrix(w, ab.shape[2])
+    abx = torch.einsum("chw,Xw->chX", ab, rx)  # columns first: (2, rh/2, W)
+    out = np.empty((h, w, 3), dtype=px.dtype)
+    for y in range(0, h, band_rows):
+        y1 = min(h, y + band_rows)
+        ab_band = torch.einsum("Yh,chX->cYX", ry[y:y1], abx)  # (2, rows, W)
+        lab = torch.cat([l_full[0, :, y:y1], ab_band])[None]
+        rgb = lab_to_rgb(lab)[0].mul_(top).round_().permute(1, 2, 0)
+        out[y:y1] = rgb.numpy().astype(px.dtype)
+    return out
+
+
+class ColorizeRestorer(Restorer):
+    """Colorization: scale 1; color input is reduced to its luminance and
+    recolorized; alpha, EXIF and ICC are kept. `reference` (a Picture) lends
+    its global features (colours in the style of another photo)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.render_size = 256
+        self.reference_l: torch.Tensor | None = None
+
+    def set_reference(self, pic: Picture | None) -> None:
+        if pic is None:
+            self.reference_l = None
+            return
+        l = pixels_to_l(pic.pixels)
+        rh, rw = render_dims(l.shape[2], l.shape[3], 512)
+        self.reference_l = F.interpolate(l, size=(rh, rw), mode="bilinear", align_corners=False,
+                                         antialias=True)
+
+    def restore_picture(self, pic: Picture, tile=None, overlap=None, on_tile=None) -> Picture:
+        out = colorize_pixels(self.model, pic.pixels, self.render_size, self.reference_l)
+        if on_tile:
+            on_tile(1, 1)
+        return Picture(out, pic.alpha, pic.exif, pic.icc, pic.format, list(pic.notes))
+
+    def picture_bands(self, pic, tile=None, overlap=None, on_tile=None):
+        res = self.restore_picture(pic, on_tile=on_tile)
+        desc = Picture(np.broadcast_to(np.zeros((), res.pixels.dtype), res.pixels.shape), None,
+                       res.exif, res.icc, res.format, res.notes)
+        desc.has_alpha = res.alpha is not None
+        return desc, iter([(0, res.pixels, res.alpha)])
+
+
+RESTORERS = {"colorize": ColorizeRestorer}

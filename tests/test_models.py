@@ -53,18 +53,33 @@ def test_output_clipped_and_residual_base():
     assert y.min() >= 0 and y.max() <= 1
 
 
+# a small config and input for every registered architecture
+SAMPLES = {
+    "ecbsr": (dict(scale=2, colors=3, channels=4, blocks=1, mid_mult=1.0), (1, 3, 8, 8), "upscale"),
+    "fusion-colornet": (dict(width=8, global_size=32, global_dim=16, classes=5, mid_blocks=2),
+                        (2, 1, 24, 16), "colorize"),
+}
+
+
+def test_every_architecture_has_a_sample():
+    assert set(SAMPLES) == set(registry.ARCHS)
+
+
 @pytest.mark.parametrize("arch", sorted(registry.ARCHS))
 def test_registry_build_grad_and_roundtrip(arch, tmp_path):
-    config = {"ecbsr": dict(scale=2, colors=3, channels=4, blocks=1, mid_mult=1.0)}[arch]
+    config, shape, task = SAMPLES[arch]
     model = registry.ARCHS[arch].build(config)
     randomize(model, std=0.1)
-    x = torch.rand(1, 3, 8, 8)
+    x = torch.rand(*shape) * (100 if task == "colorize" else 1)
     model.train()
-    model(x).mean().backward()
+    out = model(x, return_logits=True) if task == "colorize" else model(x)
+    loss = out[0].mean() + out[1].mean() if isinstance(out, tuple) else out.mean()
+    loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not no_grad, f"no gradient reaches {no_grad}"
     path = tmp_path / "m.safetensors"
-    weights.save(path, model.state_dict(), arch=arch, config=config, task="upscale", scale=2)
+    weights.save(path, model.state_dict(), arch=arch, config=config, task=task,
+                 scale=config.get("scale", 1))
     wf = weights.read(path)
     again = registry.build_from_weights(wf)
     model.eval(), again.eval()

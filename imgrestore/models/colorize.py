@@ -1,0 +1,145 @@
+"""Colorization family.
+
+`FusionColorNet` follows "Let there be Color!" (Iizuka et al. 2016), made
+lightweight with depthwise-separable blocks (HASN) and given the stacked
+multi-scale attention of the lightweight-colorization seed:
+
+    L (working resolution) -> low-level features (shared) -> local mid-level
+                                                         (stacked MSA blocks)
+    L (resized to global_size) -> the same low-level features -> global path
+        (strided, pooled, fully connected) -> 256-d global vector -> class logits
+    fusion: the global vector is broadcast to every local position, 1x1 conv
+    decoder: two x2 up-samplings with skips -> a*b* at half the working
+             resolution, bounded by tanh (x AB_RANGE)
+
+The caller upsamples a*b* to the photo's full size and joins it to the
+photo's own full-resolution L, so every detail of the input is kept and the
+network's cost is fixed by the working resolution, not the photo's size.
+The global path can look at another image (`global_from`): its global
+features then set the colours (the seed's style transfer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+AB_RANGE = 110.0  # |a|, |b| bound of the output
+
+
+@dataclass
+class ColorNetConfig:
+    width: int = 32  # channels at 1/2 resolution; 2x at 1/4, 4x at 1/8
+    global_size: int = 128  # side of the global path's fixed-size input
+    global_dim: int = 256  # global feature vector
+    classes: int = 0  # classification head outputs (0: none)
+    mid_blocks: int = 3  # stacked multi-scale attention blocks at 1/8
+
+
+def _act() -> nn.Module:
+    return nn.LeakyReLU(0.1, inplace=True)
+
+
+class SepBlock(nn.Module):
+    """Depthwise 3x3 -> pointwise 1x1 -> activation, with a residual (HASN)."""
+
+    def __init__(self, c: int, dilation: int = 1):
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 3, padding=dilation, dilation=dilation, groups=c)
+        self.pw = nn.Conv2d(c, c, 1)
+        self.act = _act()
+
+    def forward(self, x):
+        return x + self.act(self.pw(self.dw(x)))
+
+
+class MSABlock(nn.Module):
+    """Separable conv followed by stacked multi-scale attention: channel
+    attention from the pooled descriptor, and spatial attention computed at
+    three scales (1, 1/2, 1/4: pooled, convolved, upsampled, summed)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = SepBlock(c)
+        hidden = max(4, c // 4)
+        self.ca = nn.Sequential(nn.Linear(c, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, c))
+        self.sa = nn.ModuleList(nn.Conv2d(c, 1, 3, padding=1) for _ in range(3))
+
+    def forward(self, x):
+        x = self.conv(x)
+        b, c, h, w = x.shape
+        ca = torch.sigmoid(self.ca(x.mean(dim=(2, 3))))[:, :, None, None]  # (B, C, 1, 1)
+        sa = 0
+        for i, conv in enumerate(self.sa):
+            k = 2**i
+            xi = F.avg_pool2d(x, k, ceil_mode=True) if k > 1 else x
+            si = conv(xi)
+            sa = sa + (F.interpolate(si, size=(h, w), mode="bilinear", align_corners=False) if k > 1 else si)
+        return x * ca * torch.sigmoid(sa)  # (B, C, H, W)
+
+
+class FusionColorNet(nn.Module):
+    def __init__(self, **kwargs):
+        super().__init__()
+        cfg = ColorNetConfig(**kwargs)
+        self.cfg = cfg
+        w = cfg.width
+        # low-level, shared by local and global paths: 1/2, 1/4, 1/8
+        self.low1 = nn.Sequential(nn.Conv2d(1, w, 3, 2, 1), _act(), SepBlock(w))
+        self.low2 = nn.Sequential(nn.Conv2d(w, 2 * w, 3, 2, 1), _act(), SepBlock(2 * w))
+        self.low3 = nn.Sequential(nn.Conv2d(2 * w, 4 * w, 3, 2, 1), _act(), SepBlock(4 * w))
+        # local mid-level: stacked multi-scale attention
+        self.mid = nn.Sequential(*[MSABlock(4 * w) for _ in range(cfg.mid_blocks)])
+        # global path: 1/16, 1/32, pooled, fully connected
+        self.glob = nn.Sequential(
+            nn.Conv2d(4 * w, 8 * w, 3, 2, 1), _act(), SepBlock(8 * w),
+            nn.Conv2d(8 * w, 8 * w, 3, 2, 1), _act(), SepBlock(8 * w),
+        )
+        self.glob_fc = nn.Sequential(nn.Linear(8 * w, cfg.global_dim), _act())
+        self.classifier = nn.Linear(cfg.global_dim, cfg.classes) if cfg.classes else None
+        # fusion layer
+        self.fuse = nn.Sequential(nn.Conv2d(4 * w + cfg.global_dim, 4 * w, 1), _act())
+        # decoder back to 1/2 with skips from the low-level features
+        self.dec3 = nn.Sequential(SepBlock(4 * w), SepBlock(4 * w, dilation=2))
+        self.up2 = nn.Conv2d(4 * w, 2 * w, 1)
+        self.dec2 = SepBlock(2 * w)
+        self.up1 = nn.Conv2d(2 * w, w, 1)
+        self.dec1 = SepBlock(w)
+        self.head = nn.Conv2d(w, 2, 3, padding=1)
+
+    def config(self) -> dict:
+        return asdict(self.cfg)
+
+    @staticmethod
+    def normalize(l: torch.Tensor) -> torch.Tensor:
+        return (l - 50.0) / 50.0
+
+    def global_features(self, l: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) L in [0, 100] at any size -> (B, global_dim)."""
+        g = F.interpolate(l, size=(self.cfg.global_size,) * 2, mode="bilinear", align_corners=False,
+                          antialias=True)
+        f = self.low3(self.low2(self.low1(self.normalize(g))))
+        f = self.glob(f).mean(dim=(2, 3))  # (B, 8w)
+        return self.glob_fc(f)
+
+    def forward(self, l: torch.Tensor, global_from: torch.Tensor | None = None,
+                return_logits: bool = False):
+        """l: (B, 1, H, W) L in [0, 100], H and W multiples of 8 ->
+        (B, 2, H/2, W/2) a*b* in [-AB_RANGE, AB_RANGE] (and class logits)."""
+        x = self.normalize(l)
+        f1 = self.low1(x)  # (B, w, H/2, W/2)
+        f2 = self.low2(f1)  # (B, 2w, H/4, W/4)
+        f3 = self.low3(f2)  # (B, 4w, H/8, W/8)
+        g = self.global_features(l if global_from is None else global_from)  # (B, G)
+        m = self.mid(f3)
+        fused = self.fuse(torch.cat([m, g[:, :, None, None].expand(-1, -1, *m.shape[2:])], dim=1))
+        y = self.dec3(fused)
+        y = self.dec2(self.up2(F.interpolate(y, size=f2.shape[2:], mode="bilinear", align_corners=False)) + f2)
+        y = self.dec1(self.up1(F.interpolate(y, size=f1.shape[2:], mode="bilinear", align_corners=False)) + f1)
+        ab = torch.tanh(self.head(y)) * AB_RANGE
+        if return_logits:
+            return ab, (self.classifier(g) if self.classifier is not None else None)
+        return ab

@@ -1,0 +1,166 @@
+"""Colorization training task.
+
+Pairs: the L of a colour photo in, its a*b* (at half resolution) out, plus
+the ImageNet class (wnid in the file name) for the classification head.
+
+Loss = rebalanced smooth-L1 on a*b*
+     + foreground smooth-L1 (the seed's foreground loss)
+     + 0.003 x cross-entropy on the class (Iizuka et al. weight it 1/300).
+
+* Rebalancing (against the brown/sepia average): every pixel's loss is
+  weighted by the rarity of its true colour, w(ab) = 1 / ((1 - lam) p(ab) +
+  lam / Q), normalized so that E_p[w] = 1, with p the smoothed a*b* histogram
+  of the training set (Zhang et al. 2016, lam = 0.5).
+* Foreground masks cost nothing at inference: they are derived from the
+  ground-truth colour image at training time, as the pixels whose chroma
+  stands out from the photo's mean chroma by more than FG_CHROMA (objects
+  that carry colour against their background). The term averages over those
+  pixels only, so small objects weigh as much as large backgrounds.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..color import rgb_to_lab
+from ..models.colorize import AB_RANGE, FusionColorNet
+from .data import augment, list_images
+from .loop import TrainTask
+
+WNID = re.compile(r"(n\d{8})")
+BIN = 10.0  # a*b* histogram bin width
+NBINS = int(2 * AB_RANGE // BIN)  # 22 bins per axis
+FG_CHROMA = 15.0  # a*b* distance from the mean chroma that marks foreground
+FG_WEIGHT = 1.0
+CLS_WEIGHT = 0.003
+
+
+def is_gray(a: np.ndarray) -> bool:
+    small = a[::4, ::4].astype(np.int16)
+    return int(np.abs(small - small[..., :1]).max()) <= 6
+
+
+def load_color_images(files: list[Path], short_side: int) -> tuple[list[np.ndarray], list[str | None]]:
+    """Decode, skip gray ones, resize so the short side is `short_side`."""
+    images, wnids = [], []
+    for f in files:
+        with Image.open(f) as im:
+            im = im.convert("RGB")
+            s = short_side / min(im.size)
+            im = im.resize((max(short_side, round(im.width * s)), max(short_side, round(im.height * s))),
+                           Image.BICUBIC)
+            a = np.asarray(im).copy()
+        if is_gray(a):
+            continue
+        m = WNID.search(f.name)
+        images.append(a)
+        wnids.append(m.group(1) if m else None)
+    return images, wnids
+
+
+def ab_bins(ab: torch.Tensor) -> torch.Tensor:
+    """(B, 2, H, W) a*b* -> (B, H, W) bin index."""
+    q = ((ab + AB_RANGE) / BIN).long().clamp_(0, NBINS - 1)
+    return q[:, 0] * NBINS + q[:, 1]
+
+
+def rebalance_weights(images: list[np.ndarray], lam: float = 0.5, sample: int = 400) -> torch.Tensor:
+    """(NBINS*NBINS,) pixel weights from the training set's a*b* histogram."""
+    rng = random.Random(0)
+    hist = torch.zeros(NBINS * NBINS, dtype=torch.float64)
+    for a in rng.sample(images, min(sample, len(images))):
+        small = np.array(Image.fromarray(a).resize((32, 32), Image.BILINEAR))
+        lab = rgb_to_lab(torch.from_numpy(small).permute(2, 0, 1)[None].float() / 255)
+        hist += torch.bincount(ab_bins(lab[:, 1:]).flatten(), minlength=NBINS * NBINS).double()
+    p = hist / hist.sum()
+    # smooth with a 3x3 Gaussian on the 2-D bin grid
+    g = torch.tensor([0.25, 0.5, 0.25], dtype=torch.float64)
+    k = (g[:, None] * g[None, :])[None, None]
+    p = F.conv2d(p.reshape(1, 1, NBINS, NBINS), k, padding=1).flatten()
+    p = p / p.sum()
+    q = int((p > 0).sum())
+    w = 1.0 / ((1 - lam) * p + lam / q)
+    w = w / (p * w).sum()
+    return w.float()
+
+
+class ColorBatches:
+    def __init__(self, images, labels, crop: int, seed: int = 0):
+        self.images, self.labels, self.crop = images, labels, crop
+        self.rng = random.Random(seed)
+
+    def batch(self, n: int):
+        rng, c = self.rng, self.crop
+        crops, labels = [], []
+        for _ in range(n):
+            i = rng.randrange(len(self.images))
+            a = self.images[i]
+            h, w = a.shape[:2]
+            y, x = rng.randrange(h - c + 1), rng.randrange(w - c + 1)
+            crop = a[y:y + c, x:x + c]
+            if rng.random() < 0.5:  # horizontal flip only: colours have an up and a down
+                crop = crop[:, ::-1]
+            crops.append(np.ascontiguousarray(crop))
+            labels.append(self.labels[i])
+        rgb = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div_(255)
+        lab = rgb_to_lab(rgb)
+        ab_half = F.avg_pool2d(lab[:, 1:], 2)  # the network predicts at half resolution
+        return lab[:, :1], ab_half, torch.tensor(labels)
+
+
+def make_task(data: list[str], *, width: int = 32, crop: int = 128, batch: int = 32,
+              val: list[str] | None = None, seed: int = 0, log=print) -> TrainTask:
+    from ..bench import eval_colorize
+
+    torch.manual_seed(seed)
+    files = list_images(data)
+    images, wnids = load_color_images(files, short_side=crop + crop // 8)
+    classes = sorted({w for w in wnids if w})
+    index = {w: i for i, w in enumerate(classes)}
+    labels = [index[w] if w else -100 for w in wnids]  # -100: no label, ignored
+    log(f"loaded {len(images)} colour training images ({len(files) - len(images)} gray skipped), "
+        f"{len(classes)} classes")
+    weights = rebalance_weights(images)
+    config = dict(width=width, global_size=128, global_dim=256, classes=len(classes), mid_blocks=3)
+    model = FusionColorNet(**config)
+    data_ = ColorBatches(images, labels, crop, seed)
+
+    def sample(step: int):
+        if step % 500 == 0:  # reseed at every checkpoint: a resumed run sees the same data
+            data_.rng.seed(seed * 1_000_003 + step)
+        return data_.batch(batch)
+
+    def loss(m, b):
+        l, ab, y = b
+        pred, logits = m(l, return_logits=True)
+        per_px = F.smooth_l1_loss(pred / AB_RANGE, ab / AB_RANGE, reduction="none", beta=0.05).sum(1)
+        w = weights[ab_bins(ab)]  # (B, H, W)
+        total = (per_px * w).mean()
+        mean_ab = ab.mean(dim=(2, 3), keepdim=True)
+        fg = ((ab - mean_ab).norm(dim=1) > FG_CHROMA).float()  # (B, H, W)
+        total = total + FG_WEIGHT * (per_px * fg).sum() / fg.sum().clamp(min=1.0)
+        if logits is not None and (y >= 0).any():
+            total = total + CLS_WEIGHT * F.cross_entropy(logits, y, ignore_index=-100)
+        return total
+
+    def evaluate(m, limit=None):
+        return {Path(f).name: eval_colorize(m, f, render_size=256, limit=limit).summary() for f in val or []}
+
+    return TrainTask(
+        arch="fusion-colornet", task="colorize", scale=1, model=model, config=config,
+        batch=sample, loss=loss, evaluate=evaluate,
+        quick_eval=(lambda m: evaluate(m, limit=40)) if val else None,
+        provenance=dict(
+            data=[Path(d).name for d in data], images=len(images), crop=crop, batch=batch,
+            classes=classes, loss=f"rebalanced smooth-L1 (lam 0.5) + {FG_WEIGHT} x foreground smooth-L1 "
+                                  f"(|ab - mean ab| > {FG_CHROMA}) + {CLS_WEIGHT} x cross-entropy",
+            optimizer="Adam(0.9, 0.99) cosine", seed=seed,
+        ),
+    )
