@@ -41,6 +41,17 @@ def tiny_x3(tmp_path_factory) -> Path:
     return tiny_sr_file(tmp_path_factory.mktemp("models") / "tiny-x3.safetensors", 3)
 
 
+@pytest.fixture(scope="session")
+def tiny_color(tmp_path_factory) -> Path:
+    from imgrestore.models.colorize import FusionColorNet
+
+    cfg = dict(width=8, global_size=32, global_dim=16, classes=3, mid_blocks=1)
+    model = randomize(FusionColorNet(**cfg), std=0.3)
+    path = tmp_path_factory.mktemp("models") / "tiny-color.safetensors"
+    weights.save(path, model.state_dict(), arch="fusion-colornet", config=cfg, task="colorize", scale=1)
+    return path
+
+
 def noise_image(h: int, w: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     c = {"RGB": 3, "RGBA": 4, "L": 1}[mode]

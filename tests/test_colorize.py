@@ -15,15 +15,6 @@ from imgrestore.models.colorize import FusionColorNet
 from imgrestore.restorer import bilinear_matrix, colorize_pixels, render_dims
 
 
-@pytest.fixture(scope="session")
-def tiny_color(tmp_path_factory):
-    cfg = dict(width=8, global_size=32, global_dim=16, classes=3, mid_blocks=1)
-    model = randomize(FusionColorNet(**cfg), std=0.3)
-    path = tmp_path_factory.mktemp("models") / "tiny-color.safetensors"
-    weights.save(path, model.state_dict(), arch="fusion-colornet", config=cfg, task="colorize", scale=1)
-    return path
-
-
 def test_lab_known_values_and_roundtrip():
     rgb = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]).T.reshape(1, 3, 3, 1)
     lab = rgb_to_lab(rgb)[0, :, :, 0].T

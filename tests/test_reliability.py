@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import noise_image, tree_digest
@@ -100,11 +101,14 @@ def test_unwritable_output_folder(cli, tiny_x2, tmp_path):
     assert len(lines) == 3 and all("cannot write" in l for l in lines)
 
 
-def test_corpus_of_bad_inputs(cli, tiny_x2, tmp_path):
-    """Every kind of troublesome input in one batch: the bad ones get one
-    line each, the odd-but-valid ones are done, exit 1."""
+@pytest.mark.parametrize("command", ["upscale", "colorize"])
+def test_corpus_of_bad_inputs(cli, tiny_x2, tiny_color, tmp_path, command):
+    """Every kind of troublesome input in one batch, through every processing
+    command: the bad ones get one line each, the odd-but-valid ones are done,
+    exit 1, inputs untouched."""
     import io as _io
 
+    model = tiny_x2 if command == "upscale" else tiny_color
     d = tmp_path / "corpus"
     d.mkdir()
     good = _io.BytesIO()
@@ -125,7 +129,7 @@ def test_corpus_of_bad_inputs(cli, tiny_x2, tmp_path):
     noise_image(64, 64).save(d / "bomb.png")
     before = tree_digest(d)
     out = tmp_path / "out"
-    code, _, err = cli("upscale", "--model", tiny_x2, d, "-o", out, "--max-pixels", 4000)
+    code, _, err = cli(command, "--model", model, d, "-o", out, "--max-pixels", 4000)
     assert code == 1
     errors = {l.split(":")[1].strip().rsplit("/", 1)[-1]: l for l in err.splitlines() if l.startswith("error:")}
     assert set(errors) == {"truncated.jpg", "zero.jpg", "text.png", "bomb.png"}
@@ -135,5 +139,6 @@ def test_corpus_of_bad_inputs(cli, tiny_x2, tmp_path):
     done = sorted(p.name for p in out.iterdir())
     assert done == ["anim.png", "cmyk.jpg", "deep16.png", "one_pixel.png", "palette.png", "rotated.jpg"]
     with Image.open(out / "rotated.jpg") as im:
-        assert im.size == (8, 16)  # stored 8x4, orientation 6: upright 4x8, then x2
+        s = 2 if command == "upscale" else 1
+        assert im.size == (4 * s, 8 * s)  # stored 8x4, orientation 6: upright 4x8
     assert tree_digest(d) == before
