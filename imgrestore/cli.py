@@ -252,6 +252,63 @@ def colorize(reference, render_size, inputs, output, recursive, model, fmt, qual
 
 
 @cli.command()
+@click.argument("model")
+@click.option("--ratio", type=click.FloatRange(0.0, 0.95), required=True,
+              help="Fraction of channels to remove from every prunable layer.")
+@click.option("--data", "data", multiple=True, type=click.Path(exists=True),
+              help="Calibration images (pairs of the model's own task are made from them).")
+@click.option("--steps", type=click.IntRange(0), default=0, show_default=True,
+              help="Fine-tuning steps after pruning.")
+@click.option("--criterion", type=click.Choice(["glca", "l1"]), default="glca", show_default=True)
+@click.option("--compensate/--no-compensate", default=True, show_default=True,
+              help="Refit the next layer so kept channels absorb the removed ones.")
+@click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
+def prune(model, ratio, data, steps, criterion, compensate, threads, as_json, output):
+    """Make MODEL (a shipped name or a weights file) smaller and faster; the
+    result loads anywhere with --model OUTPUT."""
+    from . import registry, weights
+    from .errors import ImgRestoreError
+    from .prune import prune_model
+
+    _setup_torch(threads)
+    try:
+        wf = weights.read(registry.resolve(model))
+    except ImgRestoreError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    out = Path(output)
+    if out.exists():
+        _fail_usage(f"{out} exists; choose another name")
+
+    def log(msg: str) -> None:
+        if not as_json:
+            click.echo(msg, err=True)
+
+    try:
+        report = prune_model(wf, ratio, list(data), criterion, compensate, steps, out, log=log)
+    except (NotImplementedError, ValueError) as e:
+        _fail_usage(str(e))
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"prune {model} --ratio {ratio} (widths {report['widths']}, torch threads {threads})")
+    for c in ("model", "params", "GMACs/out MP", "s per 256x256", "speed-up", "PSNR calib (dB)"):
+        t.add_column(c)
+    base = report["rows"][0]
+    for r in report["rows"]:
+        t.add_row(r["model"], f"{r['params']:,}", f"{r['gmacs_per_output_mp']:.3f}",
+                  f"{r['seconds_256']:.4f}", f"{base['seconds_256'] / r['seconds_256']:.2f}x",
+                  "-" if r["psnr_calib"] is None else f"{r['psnr_calib']:.3f}")
+    Console().print(t)
+    click.echo(f"wrote {out}", err=True)
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 def models(as_json):
     """List the shipped models: task, scale, size, cost and measured quality."""
