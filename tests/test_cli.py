@@ -163,8 +163,11 @@ def test_models_lists_shipped(cli):
     code, out, err = cli("models", "--json")
     assert code == 0, err
     rows = [json.loads(l) for l in out.decode().splitlines()]
-    assert {r["name"] for r in rows} >= {"upscale-x2", "upscale-x3", "upscale-x4"}
-    assert all("error" not in r and r["params"] > 0 and r["gmacs_per_output_mp"] > 0 for r in rows)
+    assert {r["name"] for r in rows} >= {"upscale-x2", "upscale-x3", "upscale-x4", "colorize"}
+    for r in rows:
+        assert "error" not in r and r["params"] > 0 and r["quality"]
+        cost = r["gmacs_per_output_mp"] if r["task"] == "upscale" else r["gmacs_per_image_at_256"]
+        assert cost > 0
 
 
 def test_streamed_png_equals_in_memory(cli, tiny_x2, tmp_path, monkeypatch):
