@@ -152,8 +152,11 @@ def _speed_rows(restorer, size: int, folders: list[str]) -> list[dict]:
     def add(test, method, seconds, mp):
         rows.append({"test": test, "method": method, "seconds": seconds, "mp_per_s": mp / seconds})
 
-    add(f"{size}x{size} -> x{s}", f"imgrestore {restorer.name}",
+    add(f"{size}x{size} -> x{s}", f"imgrestore {restorer.name} (uint8 in, uint8 out)",
         time_call(lambda: restorer.run_pixels(big)), out_mp)
+    xin = to_tensor(big)
+    add(f"{size}x{size} -> x{s}", f"imgrestore {restorer.name} (network only, RGB)",
+        time_call(lambda: restorer.forward(xin)), out_mp)
     add(f"{size}x{size} -> x{s}", "bicubic (Pillow)", time_call(lambda: bicubic_up(big, s)), out_mp)
     fsr = FSRCNN(s).eval().to(memory_format=torch.channels_last)
     y = torch.rand(1, 1, size, size).to(memory_format=torch.channels_last)

@@ -97,6 +97,17 @@ def _describe(e: BaseException, debug: bool) -> str:
     return msg
 
 
+def _precheck(job: io.Job, out: Path | str | None, o: Options) -> tuple[str, str] | None:
+    """(status, reason) for a job that must not be processed, else None."""
+    if job.error:
+        return "failed", job.error
+    if _same_file(out, job.source):
+        return "failed", "output would replace the input (choose -o or --suffix)"
+    if out != "-" and not o.overwrite and Path(out).exists():
+        return "skipped", "output exists (use --overwrite to redo it)"
+    return None
+
+
 def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
     jobs = list(jobs)
     with ThreadPoolExecutor(1, thread_name_prefix="decode") as readers, \
@@ -128,20 +139,13 @@ def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
         for i, job in enumerate(jobs):
             t0 = time.perf_counter()
             res = Result(job.name, "done")
-            if job.error:
-                res.status, res.reason = "failed", job.error
-                yield from drain(True)
-                yield res
-                continue
-            out, fmt = target(job, o)
-            res.output = str(out) if out != "-" else "<stdout>"
-            if _same_file(out, job.source):
-                res.status, res.reason = "failed", "output would replace the input (choose -o or --suffix)"
-                yield from drain(True)
-                yield res
-                continue
-            if out != "-" and not o.overwrite and Path(out).exists():
-                res.status, res.reason = "skipped", "output exists (use --overwrite to redo it)"
+            out, fmt = target(job, o) if job.error is None else (None, None)
+            if out is not None:
+                res.output = str(out) if out != "-" else "<stdout>"
+            early = _precheck(job, out, o)
+            if early:
+                res.status, res.reason = early
+                reads.pop(i, None)  # a decode prefetched before the output appeared
                 yield from drain(True)
                 yield res
                 continue
