@@ -19,6 +19,7 @@ def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
 _M_RGB2XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],
                            [0.212671, 0.715160, 0.072169],
                            [0.019334, 0.119193, 0.950227]])
+_M_XYZ2RGB = torch.linalg.inv(_M_RGB2XYZ)
 _WHITE = torch.tensor([0.950456, 1.0, 1.088754])
 _EPS = 216.0 / 24389.0  # (6/29)^3
 _KAPPA = 24389.0 / 27.0
@@ -54,35 +55,37 @@ def gray_to_l(g: torch.Tensor, linear: bool = False) -> torch.Tensor:
     return 116 * f - 16
 
 
-def lab_to_rgb_unclipped(lab: torch.Tensor) -> torch.Tensor:
+def _lab_to_linear(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lab -> (linear RGB, unclipped (B, 3, H, W); luminance Y (B, 1, H, W))."""
     L, a, b = lab[:, 0], lab[:, 1], lab[:, 2]
     fy = (L + 16) / 116
-    fx, fz = fy + a / 500, fy - b / 200
-    f = torch.stack([fx, fy, fz], dim=1)
+    f = torch.stack([fy + a / 500, fy, fy - b / 200], dim=1)
     xyz = torch.where(f > 6 / 29, f**3, (116 * f - 16) / _KAPPA) * _WHITE.to(lab)[None, :, None, None]
-    lin = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(_M_RGB2XYZ).to(lab), xyz)
-    return _linear_to_srgb(lin)  # negatives kept: they mark out-of-gamut colours
+    lin = torch.einsum("ij,bjhw->bihw", _M_XYZ2RGB.to(lab), xyz)
+    return lin, xyz[:, 1:2]
 
 
-def lab_to_rgb(lab: torch.Tensor, steps: int = 8) -> torch.Tensor:
-    """Lab -> sRGB in [0, 1]. Out-of-gamut colours are brought in by shrinking
-    their chroma (a, b towards 0 at fixed L), never by clipping RGB, so the
-    luminance the caller gave is kept (gray, chroma 0, is always in gamut)."""
-    tol = 1e-3  # colours on the gamut's edge (pure primaries) are not shrunk
-    rgb = lab_to_rgb_unclipped(lab)
-    bad = ((rgb < -tol) | (rgb > 1 + tol)).any(dim=1, keepdim=True)  # (B, 1, H, W)
-    if not bad.any():
-        return rgb.clamp_(0, 1)
-    lo = torch.zeros_like(bad, dtype=lab.dtype)
-    hi = torch.ones_like(lo)
-    for _ in range(steps):  # bisection on the chroma scale t in [0, 1]
-        mid = (lo + hi) / 2
-        trial = lab_to_rgb_unclipped(torch.cat([lab[:, :1], lab[:, 1:] * mid], dim=1))
-        ok = ((trial >= -tol) & (trial <= 1 + tol)).all(dim=1, keepdim=True)
-        lo = torch.where(ok, mid, lo)
-        hi = torch.where(ok, hi, mid)
-    t = torch.where(bad, lo, torch.ones_like(lo))
-    return lab_to_rgb_unclipped(torch.cat([lab[:, :1], lab[:, 1:] * t], dim=1)).clamp_(0, 1)
+def lab_to_rgb_unclipped(lab: torch.Tensor) -> torch.Tensor:
+    """Lab -> sRGB with no gamut mapping (values may leave [0, 1])."""
+    return _linear_to_srgb(_lab_to_linear(lab)[0])
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """Lab -> sRGB in [0, 1], keeping the luminance the caller gave.
+
+    An out-of-gamut colour is moved straight towards the gray of the same
+    luminance, (Y, Y, Y) in linear RGB, just far enough to fit: luminance is
+    linear in linear RGB, so Y (and L) stay exactly as given, and only the
+    chroma shrinks (never RGB clipping, which would change the luminance).
+    The largest factor that fits has a closed form, so this is one pass."""
+    lin, y = _lab_to_linear(lab)
+    y = y.clamp(0.0, 1.0)
+    d = lin - y  # (B, 3, H, W): offset from the gray of the same luminance
+    # per channel, the largest s with 0 <= y + s d <= 1
+    room = torch.where(d > 0, (1.0 - y) / d.clamp(min=1e-12), torch.where(d < 0, y / (-d).clamp(min=1e-12),
+                                                                           torch.ones_like(d)))
+    s = room.amin(dim=1, keepdim=True).clamp(max=1.0)
+    return _linear_to_srgb((y + s * d).clamp_(0.0, 1.0))
 
 
 def colorfulness(rgb: torch.Tensor) -> torch.Tensor:
