@@ -44,7 +44,7 @@ def processing_options(f):
         click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,
                      help="JPEG/WebP quality."),
         click.option("--suffix", help="Suffix for outputs written next to their input."),
-        click.option("--tile", type=click.IntRange(0), default=512, show_default=True,
+        click.option("--tile", type=click.IntRange(0), default=256, show_default=True,
                      help="Tile side in input pixels (0: whole image at once)."),
         click.option("--tile-overlap", type=click.IntRange(0), default=None,
                      help="Context pixels around each tile [default: the model's receptive "

@@ -35,7 +35,7 @@ class Options:
     dir_suffix: str = ""  # added to the stem inside an output folder (only if asked for)
     format: str = "same"  # png | jpg | webp | tiff | same
     quality: int = 95
-    tile: int | None = 512
+    tile: int | None = 256
     overlap: int | None = None  # None: the model's receptive radius (exact tiling)
     overwrite: bool = False
     max_pixels: int = io.DEFAULT_MAX_PIXELS

@@ -21,7 +21,10 @@ from . import registry, tiling, weights
 from .errors import ImgRestoreError
 from .io import Picture
 
-DEFAULT_TILE = 512  # input pixels per tile side: fast, and memory stays small
+# input pixels per tile side. Smaller tiles keep the 32-channel feature maps
+# in cache: x4 on a 512x512 input ran 16.9 output MP/s untiled, 32.3 with
+# 256 tiles, 29.3 with 128 (2 threads, this machine); memory stays small.
+DEFAULT_TILE = 256
 
 
 def _mean_channels(a: np.ndarray, keepdims: bool) -> np.ndarray:
