@@ -223,7 +223,7 @@ def eval_colorize(model, folder: str | Path, render_size: int = 256, limit: int 
     """The model sees only the luminance of each original colour image; PSNR
     (RGB) and colourfulness of its output against the original, next to the
     gray image (same L, no chroma) from the same run."""
-    from .color import colorfulness
+    from .color import colorfulness, lab_to_rgb
     from .restorer import colorize_pixels, pixels_to_l
     from .train.colorize import is_gray
 
@@ -238,8 +238,6 @@ def eval_colorize(model, folder: str | Path, render_size: int = 256, limit: int 
         out = colorize_pixels(model, rgb, render_size)
         sec = time.perf_counter() - t
         # the gray baseline: the same L with a = b = 0
-        from .color import lab_to_rgb
-
         l = pixels_to_l(rgb)
         gray = to_uint8(lab_to_rgb(torch.cat([l, torch.zeros(1, 2, *l.shape[2:])], dim=1)))
         res.images.append({

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from . import io
-from .errors import ImgRestoreError, InputError, OutputError, OutputExists
+from .errors import ImgRestoreError, OutputError, OutputExists
 
 
 # outputs at least this large are streamed to PNG band by band
@@ -213,4 +213,4 @@ def _stream_png(restorer, pic: io.Picture, out: Path, o: Options) -> tuple[int, 
     return w, h
 
 
-__all__ = ["Options", "Result", "run", "target", "InputError", "OutputError"]
+__all__ = ["Options", "Result", "run", "target"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import digest, noise_image, tree_digest
+from conftest import noise_image, tree_digest
 
 
 @pytest.fixture

@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import noise_image, randomize
-from imgrestore import load, weights
+from conftest import noise_image
+from imgrestore import load
 from imgrestore.color import colorfulness, lab_to_rgb, luminance, rgb_to_lab
-from imgrestore.models.colorize import FusionColorNet
 from imgrestore.restorer import bilinear_matrix, colorize_pixels, render_dims
 
 

@@ -31,7 +31,7 @@ from PIL import Image
 
 from ..color import rgb_to_lab
 from ..models.colorize import AB_RANGE, FusionColorNet
-from .data import augment, list_images
+from .data import list_images
 from .loop import TrainTask
 
 WNID = re.compile(r"(n\d{8})")

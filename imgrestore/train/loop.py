@@ -49,7 +49,7 @@ class TrainOptions:
     resume: bool = True
 
 
-def _state_path(out: Path) -> Path:  # noqa: D103
+def _state_path(out: Path) -> Path:
     return out.with_name(out.name + ".state")
 
 
