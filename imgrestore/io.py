@@ -338,15 +338,21 @@ def _chunk(kind: bytes, payload: bytes) -> bytes:
             + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
 
 
+def _meta_chunks(icc: bytes | None, exif: bytes | None) -> bytes:
+    """iCCP and eXIf chunks for a PNG (empty if there is nothing to carry)."""
+    out = b""
+    if icc:
+        out += _chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc))
+    if exif:
+        raw = exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
+        out += _chunk(b"eXIf", raw)
+    return out
+
+
 def png_add_chunks(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
     """Insert iCCP / eXIf chunks right after IHDR (the encoder we use for
     16-bit colour writes neither)."""
-    extra = b""
-    if icc:
-        extra += _chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc))
-    if exif:
-        raw = exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
-        extra += _chunk(b"eXIf", raw)
+    extra = _meta_chunks(icc, exif)
     if not extra:
         return png
     ihdr_end = 8 + 8 + 13 + 4
@@ -413,7 +419,7 @@ class PngStream:
         color = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
         f.write(b"\x89PNG\r\n\x1a\n")
         f.write(_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bits, color, 0, 0, 0)))
-        f.write(png_add_chunks(b"\x00" * 33, icc, exif)[33:])  # the chunks alone
+        f.write(_meta_chunks(icc, exif))
 
     def write(self, band: np.ndarray) -> None:
         """band: (rows, width, channels) uint8 or uint16."""

@@ -27,6 +27,13 @@ from .io import Picture
 DEFAULT_TILE = 256
 
 
+def _describe_output(pic: Picture, shape: tuple[int, int, int], dtype, has_alpha: bool) -> Picture:
+    """A Picture that describes an output streamed in bands: its pixels are an
+    empty read-only view carrying shape and dtype, with the input's metadata."""
+    return Picture(np.broadcast_to(np.zeros((), dtype), shape), None, pic.exif, pic.icc, pic.format,
+                   list(pic.notes), has_alpha=has_alpha)
+
+
 def _mean_channels(a: np.ndarray, keepdims: bool) -> np.ndarray:
     return np.round(a.astype(np.float32).mean(axis=2, keepdims=keepdims)).astype(a.dtype)
 
@@ -147,9 +154,7 @@ class Restorer:
                     a = pic.alpha[oy:oy + band.shape[0]]
                 yield oy, band, a
 
-        shape = np.broadcast_to(np.zeros((), px.dtype), (h * s, w * s, px.shape[2]))
-        desc = Picture(shape, None, pic.exif, pic.icc, pic.format, list(pic.notes))
-        desc.has_alpha = pic.alpha is not None
+        desc = _describe_output(pic, (h * s, w * s, px.shape[2]), px.dtype, pic.alpha is not None)
         return desc, gen()
 
     def restore_picture(self, pic: Picture, tile: int | None = DEFAULT_TILE,
@@ -307,9 +312,7 @@ class ColorizeRestorer(Restorer):
 
     def picture_bands(self, pic, tile=None, overlap=None, on_tile=None):
         res = self.restore_picture(pic, on_tile=on_tile)
-        desc = Picture(np.broadcast_to(np.zeros((), res.pixels.dtype), res.pixels.shape), None,
-                       res.exif, res.icc, res.format, res.notes)
-        desc.has_alpha = res.alpha is not None
+        desc = _describe_output(res, res.pixels.shape, res.pixels.dtype, res.alpha is not None)
         return desc, iter([(0, res.pixels, res.alpha)])
 
 

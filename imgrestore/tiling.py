@@ -32,9 +32,6 @@ class Tile:
         return (slice(oy, oy + (self.y1 - self.y0) * scale),
                 slice(ox, ox + (self.x1 - self.x0) * scale))
 
-    def place_in_image(self, scale: int) -> tuple[slice, slice]:
-        return (slice(self.y0 * scale, self.y1 * scale), slice(self.x0 * scale, self.x1 * scale))
-
 
 def _starts(n: int, tile: int) -> list[tuple[int, int]]:
     # equal-ish spans so that no tile is a thin sliver
