@@ -219,7 +219,8 @@ class ColorResult:
         return out
 
 
-def eval_colorize(model, folder: str | Path, render_size: int = 256, limit: int | None = None) -> ColorResult:
+def eval_colorize(model, folder: str | Path | list[Path], render_size: int = 256,
+                  limit: int | None = None) -> ColorResult:
     """The model sees only the luminance of each original colour image; PSNR
     (RGB) and colourfulness of its output against the original, next to the
     gray image (same L, no chroma) from the same run."""
@@ -227,8 +228,10 @@ def eval_colorize(model, folder: str | Path, render_size: int = 256, limit: int 
     from .restorer import colorize_pixels, pixels_to_l
     from .train.colorize import is_gray
 
-    res = ColorResult(str(folder))
-    files = list_images([folder])
+    if isinstance(folder, list):
+        res, files = ColorResult(f"{len(folder)} files"), folder
+    else:
+        res, files = ColorResult(str(folder)), list_images([folder])
     for path in files:
         with Image.open(path) as im:
             rgb = np.asarray(im.convert("RGB"))

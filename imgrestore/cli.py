@@ -254,11 +254,12 @@ def colorize(reference, render_size, inputs, output, recursive, model, fmt, qual
 @cli.command()
 @click.argument("model")
 @click.option("--ratio", type=click.FloatRange(0.0, 0.95), required=True,
-              help="Fraction of channels to remove from every prunable layer.")
+              help="Fraction of the parameters to remove (the same fraction of channels goes from every "
+                   "prunable layer).")
 @click.option("--data", "data", multiple=True, type=click.Path(exists=True),
               help="Calibration images (pairs of the model's own task are made from them).")
 @click.option("--steps", type=click.IntRange(0), default=0, show_default=True,
-              help="Fine-tuning steps after pruning.")
+              help="Fine-tuning steps after pruning (distilling the unpruned model).")
 @click.option("--criterion", type=click.Choice(["glca", "l1"]), default="glca", show_default=True)
 @click.option("--compensate/--no-compensate", default=True, show_default=True,
               help="Refit the next layer so kept channels absorb the removed ones.")
@@ -296,12 +297,13 @@ def prune(model, ratio, data, steps, criterion, compensate, threads, as_json, ou
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"prune {model} --ratio {ratio} (widths {report['widths']}, torch threads {threads})")
-    for c in ("model", "params", "GMACs/out MP", "s per 256x256", "speed-up", "PSNR calib (dB)"):
+    t = Table(title=f"prune {model} --ratio {ratio}: keep {report['keep_fraction']:.0%} of the channels "
+                    f"(widths {report['widths']}, torch threads {threads})")
+    for c in ("model", "params", "GMACs (256x256 in)", "s per 256x256", "speed-up", "PSNR calib (dB)"):
         t.add_column(c)
     base = report["rows"][0]
     for r in report["rows"]:
-        t.add_row(r["model"], f"{r['params']:,}", f"{r['gmacs_per_output_mp']:.3f}",
+        t.add_row(r["model"], f"{r['params']:,} ({r['params'] / base['params']:.0%})", f"{r['gmacs_256']:.3f}",
                   f"{r['seconds_256']:.4f}", f"{base['seconds_256'] / r['seconds_256']:.2f}x",
                   "-" if r["psnr_calib"] is None else f"{r['psnr_calib']:.3f}")
     Console().print(t)
@@ -518,8 +520,17 @@ def train_upscale(scale, data, val, steps, batch, patch, channels, blocks, lr, i
 @click.option("--threads", type=click.IntRange(1))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--eval-every", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--loss", "loss_kind", type=click.Choice(["l2", "smooth-l1"]), default="l2", show_default=True,
+              help="Error on a*b*: l2 (the mean, best PSNR) or smooth-l1 (bolder).")
+@click.option("--rebalance", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Rare-colour rebalancing lambda (1 = none; Zhang et al. use 0.5).")
+@click.option("--fg-weight", type=click.FloatRange(0), default=0.25, show_default=True,
+              help="Weight of the foreground (object colour) term.")
+@click.option("--holdout", type=click.FloatRange(0, 0.5), default=0.05, show_default=True,
+              help="Fraction of training files kept out and evaluated at every checkpoint.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
-def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval_every, output):
+def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval_every, loss_kind, rebalance,
+                   fg_weight, holdout, output):
     """Train the fusion colorizer; writes OUTPUT and OUTPUT.state (resume by
     running the same command again)."""
     from .train.colorize import make_task
@@ -530,7 +541,8 @@ def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval
     def log(msg: str) -> None:
         click.echo(msg, err=True)
 
-    task = make_task(list(data), width=width, crop=crop, batch=batch, val=list(val), seed=seed, log=log)
+    task = make_task(list(data), width=width, crop=crop, batch=batch, val=list(val), seed=seed, loss_kind=loss_kind,
+                     rebalance=rebalance, fg_weight=fg_weight, holdout=holdout, log=log)
     run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log))
 
 

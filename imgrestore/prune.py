@@ -1,40 +1,58 @@
 """Channel pruning: global-local channel attention (GLCA) scoring and
 least-squares weight compensation (seed: the lightweight colorization work's
-pruning algorithm).
+pruning algorithm), for every architecture we ship.
 
-1. Score. A GLCA module is attached after every prunable activation. It
-   computes two descriptors of each channel: a local one (a depthwise 3x3
-   conv, pooled) and a global one, the same small kernel applied after a
-   shuffle-reorder that interleaves the blocks of a g x g grid, so that pixels
-   H/g apart become neighbours and a 3x3 kernel sees long-range context. A
-   small fully connected layer turns both into a per-channel gate in (0, 1)
-   that multiplies the feature map. With the network frozen, the gates are
-   fitted briefly on calibration pairs of the model's own task under the task
-   loss plus an L1 pressure towards closing; a channel's importance is its
-   mean gate. Then the modules are removed. (`criterion="l1"`: importance is
-   the L1 norm of the filter that makes the channel, the classic baseline.)
-2. Remove the lowest-importance channels of every prunable layer (the same
-   ratio everywhere, so parameters and MACs fall as asked).
-3. Compensate. Layer by layer, the next convolution is refitted by ridge
-   regression so that, fed with the *pruned* network's activations, it
-   reproduces the *unpruned* network's pre-activations on the calibration
-   data: the kept channels absorb what the removed ones contributed, and the
-   error of earlier layers is corrected as it goes.
-4. Optionally fine-tune (`steps`).
+A model is described to the pruner as channel *groups*: sets of channels
+that must be removed together because several layers share them. A group
+lists the layers whose output channels it is (`outs`), the layers that read
+it, with the offset where it sits in their input (`ins`: a concatenation
+reads two groups at two offsets), depthwise convolutions and per-channel
+activations that live on it, and `gates`: the layers whose outputs write it.
 
-Re-parameterizable models are pruned after folding: the deployed form is a
-plain chain of 3x3 convolutions, so the only dependency is "a layer's output
-channels are the next layer's input channels"; the identity branch of a
-training-form block would otherwise tie a layer's input and output channels
-together. The tail's outputs feed the pixel shuffle in groups of scale**2 and
-are never pruned.
+* ECBSR is pruned after folding: the deployed form is a plain chain of 3x3
+  convolutions, each layer's output is one group, read by the next layer.
+  Before folding, the identity branch of a body block would tie a layer's
+  input and output channels together and the branches' own mid channels
+  would need separate groups; after folding they are all one kernel, which is
+  what runs. The tail's outputs feed the pixel shuffle in groups of scale**2
+  (and the global residual) and are never pruned.
+* FusionColorNet: each residual stream is one group (a SepBlock adds to its
+  input, a skip is added in the decoder, so the block convs, the skip and the
+  up-projection share channel indices); depthwise convs follow their group;
+  the multi-scale attention multiplies its stream channel by channel (its
+  channel-attention output and its spatial-attention input are on the
+  stream); the fusion layer reads two groups side by side (the local stream
+  and the global vector). The 2-channel a*b* head is never pruned.
+
+1. Score. A GLCA module per group computes two descriptors of each channel at
+   the group's first writer: a local one (a depthwise 3x3 conv, pooled) and a
+   global one, the same small kernel applied after a shuffle-reorder that
+   interleaves the blocks of a g x g grid, so that pixels H/g apart become
+   neighbours and a 3x3 kernel sees long-range context. A small fully
+   connected layer turns both into a per-channel gate in (0, 1) that
+   multiplies every write to the group (positively homogeneous activations
+   make that the same as scaling the whole channel). With the network frozen,
+   the gates are fitted briefly on calibration batches of the model's own
+   task under the task loss plus an L1 pressure towards closing; a channel's
+   importance is its mean gate. Then the modules are removed.
+   (`criterion="l1"`: importance is the L1 norm of the weights that write the
+   channel, the classic baseline.)
+2. Remove the lowest-importance channels of every group, the same fraction
+   everywhere, chosen so that the parameter count falls by `ratio`.
+3. Compensate. In execution order, every dense layer that reads a pruned
+   group is refitted by ridge regression so that, fed with the *pruned*
+   network's activations, it reproduces the *unpruned* network's outputs on
+   the calibration data: the kept channels absorb what the removed ones
+   contributed, and the error of earlier layers is corrected as it goes.
+4. Optionally fine-tune (`steps`), distilling the unpruned model: the
+   pruned one learns to reproduce its outputs on the calibration images.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -43,7 +61,8 @@ from torch import nn
 
 
 class GLCA(nn.Module):
-    """Global-local channel attention for a (B, C, H, W) map -> gates (B, C)."""
+    """Global-local channel attention for a (B, C, H, W) map (or a (B, C)
+    vector) -> gates (B, C)."""
 
     def __init__(self, c: int, grid: int = 4):
         super().__init__()
@@ -64,75 +83,125 @@ class GLCA(nn.Module):
         return x.permute(0, 1, 3, 2, 5, 4).reshape(b, c, h2, w2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        local = self.local(x).abs().mean(dim=(2, 3))
-        glob = self.glob(self.shuffle(x)).abs().mean(dim=(2, 3))
+        if x.dim() == 2:  # a feature vector: no spatial context to look at
+            local = glob = x.abs()
+        else:
+            local = self.local(x).abs().mean(dim=(2, 3))
+            glob = self.glob(self.shuffle(x) if min(x.shape[2:]) >= self.grid else x).abs().mean(dim=(2, 3))
         return torch.sigmoid(self.fc(torch.cat([local, glob], dim=1)))  # (B, C)
 
 
-# ---------------------------------------------------------------------------- chains
+# ---------------------------------------------------------------------------- groups
 
 @dataclass
-class Chain:
-    """A model seen as a chain of convs with an activation after each but the
-    last: output channels of convs[i] (i < last) are prunable."""
+class Group:
+    name: str
+    size: int
+    outs: list[nn.Module]  # layers whose output channels are this group
+    ins: list[tuple[nn.Module, int]]  # (layer, offset) reading this group as input channels
+    dws: list[nn.Conv2d] = field(default_factory=list)  # depthwise convs on the group
+    acts: list[nn.Module] = field(default_factory=list)  # per-channel activations (PReLU)
+    gates: list[nn.Module] = field(default_factory=list)  # writers; the first one feeds GLCA
 
-    convs: list[nn.Conv2d]
-    acts: list[nn.Module]  # PReLU(c) or parameter-free
+
+@dataclass
+class Spec:
+    groups: list[Group]
+    set_widths: Callable[[dict[str, int]], None]  # record pruned widths in the model's config
 
 
-def ecbsr_chain(model) -> Chain:
+def ecbsr_spec(model) -> Spec:
     model.reparameterize()
-    return Chain(list(model.layers), list(model.acts))
+    convs, acts = list(model.layers), list(model.acts)
+    groups = [Group(str(i), convs[i].out_channels, outs=[convs[i]], ins=[(convs[i + 1], 0)],
+                    acts=[acts[i]], gates=[acts[i]]) for i in range(len(convs) - 1)]
+
+    def set_widths(w):
+        model.cfg.widths = [w[g.name] for g in groups]
+    return Spec(groups, set_widths)
 
 
-def _select(conv: nn.Conv2d, keep: torch.Tensor, dim: int) -> None:
-    """Keep `keep` channels of a conv along out (0) or in (1) dimension."""
-    with torch.no_grad():
-        conv.weight = nn.Parameter(conv.weight.index_select(dim, keep).clone())
-        if dim == 0:
-            conv.bias = nn.Parameter(conv.bias.index_select(0, keep).clone())
-            conv.out_channels = len(keep)
-        else:
-            conv.in_channels = len(keep)
+def colornet_spec(model) -> Spec:
+    def sep(block):  # SepBlock: dw on the stream, pw reads and writes it
+        return dict(outs=[block.pw], ins=[(block.pw, 0)], dws=[block.dw], gates=[block.pw])
+
+    def merge(*parts):
+        out = dict(outs=[], ins=[], dws=[], gates=[])
+        for p in parts:
+            for k in out:
+                out[k] += p.get(k, [])
+        return out
+
+    m = model
+    ws = m.cfg.stage_widths()
+    mids = [merge(sep(b.conv), dict(outs=[b.ca[2]], ins=[(b.ca[0], 0)] + [(c, 0) for c in b.sa])) for b in m.mid]
+    specs = {
+        "s1": merge(dict(outs=[m.low1[0]], gates=[m.low1[0]]), sep(m.low1[2]),
+                    dict(ins=[(m.low2[0], 0)]),
+                    dict(outs=[m.up1], gates=[m.up1]), sep(m.dec1), dict(ins=[(m.head, 0)])),
+        "s2": merge(dict(outs=[m.low2[0]], gates=[m.low2[0]]), sep(m.low2[2]),
+                    dict(ins=[(m.low3[0], 0)]),
+                    dict(outs=[m.up2], gates=[m.up2]), sep(m.dec2), dict(ins=[(m.up1, 0)])),
+        "s3": merge(dict(outs=[m.low3[0]], gates=[m.low3[0]]), sep(m.low3[2]), *mids,
+                    dict(ins=[(m.glob[0], 0), (m.fuse[0], 0)])),
+        "s3b": merge(dict(outs=[m.fuse[0]], gates=[m.fuse[0]]), sep(m.dec3[0]), sep(m.dec3[1]),
+                     dict(ins=[(m.up2, 0)])),
+        "g1": merge(dict(outs=[m.glob[0]], gates=[m.glob[0]]), sep(m.glob[2]), dict(ins=[(m.glob[3], 0)])),
+        "g2": merge(dict(outs=[m.glob[3]], gates=[m.glob[3]]), sep(m.glob[5]), dict(ins=[(m.glob_fc[0], 0)])),
+        "gvec": merge(dict(outs=[m.glob_fc[0]], gates=[m.glob_fc[0]], ins=[(m.fuse[0], ws["s3"])]),
+                      dict(ins=[(m.classifier, 0)]) if m.classifier is not None else {}),
+    }
+    sizes = dict(ws, gvec=m.cfg.global_dim)
+    groups = [Group(k, sizes[k], **v) for k, v in specs.items()]
+
+    def set_widths(w):
+        m.cfg.widths = {k: w[k] for k in ("s1", "s2", "s3", "s3b", "g1", "g2")} | {"ca": ws["ca"]}
+        m.cfg.global_dim = w["gvec"]
+    return Spec(groups, set_widths)
 
 
-def _select_act(act: nn.Module, keep: torch.Tensor) -> None:
-    if isinstance(act, nn.PReLU) and act.weight.numel() > 1:
-        with torch.no_grad():
-            act.weight = nn.Parameter(act.weight.index_select(0, keep).clone())
-        act.num_parameters = len(keep)
+SPECS = {"ecbsr": ecbsr_spec, "fusion-colornet": colornet_spec}
 
 
 # ---------------------------------------------------------------------------- scoring
 
-def l1_scores(chain: Chain) -> list[torch.Tensor]:
-    return [c.weight.detach().abs().sum(dim=(1, 2, 3)) for c in chain.convs[:-1]]
+def l1_scores(spec: Spec) -> list[torch.Tensor]:
+    """The L1 norm of every weight that writes each channel."""
+    out = []
+    for g in spec.groups:
+        s = torch.zeros(g.size)
+        for mod in g.outs:
+            s += mod.weight.detach().abs().reshape(g.size, -1).sum(1)
+        out.append(s)
+    return out
 
 
-def glca_scores(model: nn.Module, chain: Chain, batches: Callable[[int], tuple],
+def glca_scores(model: nn.Module, spec: Spec, batches: Callable[[int], tuple],
                 loss_fn: Callable, steps: int = 150, sparsity: float = 0.02,
                 lr: float = 1e-2, log=print) -> list[torch.Tensor]:
     """Fit GLCA gates on calibration batches with the network frozen; return
-    the mean gate of every channel of every prunable layer."""
-    mods = nn.ModuleList(GLCA(c.out_channels) for c in chain.convs[:-1])
+    the mean gate of every channel of every group."""
+    mods = nn.ModuleList(GLCA(g.size) for g in spec.groups)
     gates: dict[int, torch.Tensor] = {}
     hooks = []
-    for i, act in enumerate(chain.acts):
-        def hook(_m, _inp, out, i=i):
-            a = mods[i](out)
-            gates[i] = a
-            return out * a[:, :, None, None]
-        hooks.append(act.register_forward_hook(hook))
+    for i, g in enumerate(spec.groups):
+        for j, mod in enumerate(g.gates):
+            def hook(_m, _inp, out, i=i, first=(j == 0)):
+                if first:
+                    gates[i] = mods[i](out)
+                a = gates[i]
+                return out * (a[:, :, None, None] if out.dim() == 4 else a)
+            hooks.append(mod.register_forward_hook(hook))
     for p in model.parameters():
         p.requires_grad_(False)
     opt = torch.optim.Adam(mods.parameters(), lr=lr)
-    sums = [torch.zeros(c.out_channels) for c in chain.convs[:-1]]
+    sums = [torch.zeros(g.size) for g in spec.groups]
     count = 0
     model.train()
     try:
         for step in range(steps):
-            batch = batches(step)
-            loss = loss_fn(model, batch)
+            gates.clear()
+            loss = loss_fn(model, batches(step))
             pressure = sum(g.mean() for g in gates.values()) / len(gates)
             opt.zero_grad(set_to_none=True)
             (loss + sparsity * pressure).backward()
@@ -152,67 +221,151 @@ def glca_scores(model: nn.Module, chain: Chain, batches: Callable[[int], tuple],
 
 # ---------------------------------------------------------------------------- pruning
 
-def keep_indices(scores: list[torch.Tensor], ratio: float) -> list[torch.Tensor]:
+def keep_indices(scores: list[torch.Tensor], keep_fraction: float) -> list[torch.Tensor]:
     out = []
     for s in scores:
-        n = max(1, int(round(len(s) * (1 - ratio))))
+        n = max(1, int(round(len(s) * keep_fraction)))
         out.append(torch.sort(torch.topk(s, n).indices).values)
     return out
 
 
-@torch.no_grad()
-def _activations(chain: Chain, x: torch.Tensor) -> list[torch.Tensor]:
-    """Inputs of every conv of the chain: [x, act0(conv0 x), ...]."""
-    ins = [x]
-    for conv, act in zip(chain.convs[:-1], chain.acts):
-        ins.append(act(conv(ins[-1])))
-    return ins
+def _in_keep(mod: nn.Module, segments: list[tuple[int, int, torch.Tensor]]) -> torch.Tensor:
+    """Input channels kept by `mod` given (offset, size, keep) of the groups it reads."""
+    n = mod.in_features if isinstance(mod, nn.Linear) else mod.in_channels
+    mask = torch.ones(n, dtype=torch.bool)
+    for off, size, keep in segments:
+        mask[off:off + size] = False
+        mask[off + keep] = True
+    return mask.nonzero().flatten()
 
 
 @torch.no_grad()
-def _ridge_refit(conv: nn.Conv2d, x_new: torch.Tensor, target: torch.Tensor, samples: int = 40000,
-                 ridge: float = 1e-4) -> None:
-    """Refit conv (weights and bias) so that conv(x_new) ~ target, by ridge
-    least squares on sampled output positions."""
-    k = conv.kernel_size[0]
-    cols = F.unfold(x_new, k, padding=conv.padding[0])  # (B, Cin*k*k, H*W)
-    b, d, n = cols.shape
-    cols = cols.permute(0, 2, 1).reshape(-1, d)
-    y = target.flatten(2).permute(0, 2, 1).reshape(-1, target.shape[1])
-    if cols.shape[0] > samples:
-        idx = torch.randperm(cols.shape[0], generator=torch.Generator().manual_seed(0))[:samples]
-        cols, y = cols[idx], y[idx]
-    a = torch.cat([cols, torch.ones(len(cols), 1)], dim=1).double()
+def apply_keep(spec: Spec, keeps: list[torch.Tensor]) -> dict[nn.Module, torch.Tensor]:
+    """Remove channels in place; returns each shrunk dense layer's kept output
+    channels (for the refit targets)."""
+    out_keep: dict[nn.Module, torch.Tensor] = {}
+    in_segs: dict[nn.Module, list] = {}
+    for g, keep in zip(spec.groups, keeps):
+        for mod in g.outs:
+            out_keep[mod] = keep
+        for mod, off in g.ins:
+            in_segs.setdefault(mod, []).append((off, g.size, keep))
+        for dw in g.dws:
+            dw.weight = nn.Parameter(dw.weight[keep].clone())
+            if dw.bias is not None:
+                dw.bias = nn.Parameter(dw.bias[keep].clone())
+            dw.in_channels = dw.out_channels = dw.groups = len(keep)
+        for act in g.acts:
+            if isinstance(act, nn.PReLU) and act.weight.numel() > 1:
+                act.weight = nn.Parameter(act.weight[keep].clone())
+                act.num_parameters = len(keep)
+    for mod in set(out_keep) | set(in_segs):
+        w = mod.weight
+        if mod in out_keep:
+            w = w[out_keep[mod]]
+            if mod.bias is not None:
+                mod.bias = nn.Parameter(mod.bias[out_keep[mod]].clone())
+        if mod in in_segs:
+            w = w[:, _in_keep(mod, in_segs[mod])]
+        mod.weight = nn.Parameter(w.clone())
+        if isinstance(mod, nn.Linear):
+            mod.out_features, mod.in_features = w.shape
+        else:
+            mod.out_channels, mod.in_channels = w.shape[:2]
+    for g, keep in zip(spec.groups, keeps):
+        g.size = len(keep)
+    spec.set_widths({g.name: g.size for g in spec.groups})
+    return out_keep
+
+
+def _capture(model: nn.Module, mods: list[nn.Module], x, run: Callable, want: str) -> dict:
+    """Inputs (`want="in"`) or outputs of `mods` over one run, every call."""
+    got: dict[nn.Module, list] = {m: [] for m in mods}
+    hooks = [m.register_forward_hook(
+        lambda mod, inp, out: got[mod].append((inp[0] if want == "in" else out).detach())) for m in mods]
+    try:
+        with torch.no_grad():
+            run(model, x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return got
+
+
+def _rows(mod: nn.Module, xs: list[torch.Tensor]) -> torch.Tensor:
+    """Layer inputs -> (N, D) rows whose product with the weight is the output."""
+    if isinstance(mod, nn.Linear):
+        return torch.cat([x.reshape(-1, x.shape[-1]) for x in xs])
+    k = mod.kernel_size
+    rows = []
+    for x in xs:
+        cols = F.unfold(x, k, dilation=mod.dilation, padding=mod.padding, stride=mod.stride)
+        rows.append(cols.permute(0, 2, 1).reshape(-1, cols.shape[1]))
+    return torch.cat(rows)
+
+
+def _targets(mod: nn.Module, ys: list[torch.Tensor]) -> torch.Tensor:
+    if isinstance(mod, nn.Linear):
+        return torch.cat([y.reshape(-1, y.shape[-1]) for y in ys])
+    return torch.cat([y.flatten(2).permute(0, 2, 1).reshape(-1, y.shape[1]) for y in ys])
+
+
+@torch.no_grad()
+def _ridge_refit(mod: nn.Module, rows: torch.Tensor, y: torch.Tensor, samples: int = 40000,
+                 ridge: float = 1e-4) -> bool:
+    """Refit a conv or linear layer (weights and bias) so that rows @ W.T + b
+    ~ y, by ridge least squares; skipped (False) with too few samples."""
+    d = rows.shape[1] + 1
+    if rows.shape[0] < 4 * d:
+        return False
+    if rows.shape[0] > samples:
+        idx = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(0))[:samples]
+        rows, y = rows[idx], y[idx]
+    a = torch.cat([rows, torch.ones(len(rows), 1)], dim=1).double()
     gram = a.T @ a
     gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
-    sol = torch.linalg.solve(gram, a.T @ y.double())  # (d + 1, Cout)
-    conv.weight = nn.Parameter(sol[:-1].T.reshape(conv.out_channels, -1, k, k).float().contiguous())
-    conv.bias = nn.Parameter(sol[-1].float().contiguous())
+    sol = torch.linalg.solve(gram, a.T @ y.double())  # (d, Cout)
+    mod.weight = nn.Parameter(sol[:-1].T.reshape(mod.weight.shape).float().contiguous())
+    if mod.bias is not None:
+        mod.bias = nn.Parameter(sol[-1].float().contiguous())
+    return True
 
 
-@torch.no_grad()
-def prune_chain(chain: Chain, keeps: list[torch.Tensor], calib: torch.Tensor | None,
-                compensate: bool = True) -> None:
-    """Remove channels in place; with `compensate`, refit each next conv on
-    calibration inputs `calib` (B, C, H, W) against the unpruned chain."""
-    orig = copy.deepcopy(chain) if compensate else None
-    targets = None
-    if compensate:
-        ins = _activations(orig, calib)
-        targets = [conv(x) for conv, x in zip(orig.convs, ins)]  # pre-activations of the original
-    cur = calib
-    for i, keep in enumerate(keeps):
-        conv, nxt, act = chain.convs[i], chain.convs[i + 1], chain.acts[i]
-        _select(conv, keep, 0)
-        _select_act(act, keep)
-        _select(nxt, keep, 1)
-        if compensate:
-            cur = act(conv(cur))  # pruned activations entering the next conv
-            _ridge_refit(nxt, cur, targets[i + 1])
+def execution_order(model: nn.Module, x, run: Callable) -> list[nn.Module]:
+    order: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod) if mod not in order else None)
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            run(model, x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order
 
 
-def widths(chain: Chain) -> list[int]:
-    return [c.out_channels for c in chain.convs[:-1]]
+def prune(model: nn.Module, spec: Spec, keeps: list[torch.Tensor], calib=None,
+          run: Callable = lambda m, x: m(x), compensate: bool = True) -> None:
+    """Remove the channels not in `keeps` in place; with `compensate`, refit
+    every dense layer that reads a pruned group on calibration input
+    `calib` against the unpruned model (`run(model, calib)` runs it)."""
+    if not compensate:
+        apply_keep(spec, keeps)
+        return
+    orig = copy.deepcopy(model).eval()
+    names = {m: n for n, m in model.named_modules()}
+    readers = {mod for g in spec.groups for mod, _ in g.ins}
+    order = [m for m in execution_order(model, calib, run) if m in readers]
+    orig_mods = dict(orig.named_modules())
+    targets = _capture(orig, [orig_mods[names[m]] for m in order], calib, run, "out")
+    out_keep = apply_keep(spec, keeps)
+    model.eval()
+    for mod in order:
+        ys = targets[orig_mods[names[mod]]]
+        if mod in out_keep:
+            ys = [y[:, out_keep[mod]] for y in ys]
+        xs = _capture(model, [mod], calib, run, "in")[mod]
+        _ridge_refit(mod, _rows(mod, xs), _targets(mod, ys))
 
 
 def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -220,12 +373,93 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(1 / max(mse, 1e-12))
 
 
-# ---------------------------------------------------------------------------- orchestration
+def keep_for_ratio(model: nn.Module, spec_fn: Callable, ratio: float) -> float:
+    """The largest fraction of channels to keep in every group with which
+    the parameter count falls by at least `ratio` (bisection on copies)."""
+    before = sum(p.numel() for p in model.parameters())
+    lo, hi = 0.0, 1.0
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        m = copy.deepcopy(model)
+        spec = spec_fn(m)
+        apply_keep(spec, keep_indices([torch.arange(g.size, dtype=torch.float32) for g in spec.groups], mid))
+        if sum(p.numel() for p in m.parameters()) > (1 - ratio) * before:
+            hi = mid
+        else:
+            lo = mid
+    return lo
 
-CHAINS = {"ecbsr": ecbsr_chain}
+
+# ---------------------------------------------------------------------------- tasks
+
+@dataclass
+class PruneData:
+    """Calibration data of one task: a batch sampler, the compensation batch,
+    held-out batches for quality, the task loss for fitting gates, a quality
+    measure (PSNR, dB) and a speed input."""
+
+    batches: Callable[[int], tuple]
+    calib: torch.Tensor
+    held: tuple
+    loss: Callable[[nn.Module, tuple], torch.Tensor]
+    quality: Callable[[nn.Module, tuple], float]
+    speed_input: torch.Tensor
 
 
-def _speed(model: nn.Module, x: torch.Tensor, repeat: int = 3) -> float:
+def sr_data(data: list[str], scale: int, seed: int) -> PruneData:
+    from .train.data import SRPairs, list_images, load_rgb
+
+    images = load_rgb(list_images(data), min_side=48 * scale)
+    if not images:
+        raise ValueError(f"no calibration image is at least {48 * scale} pixels on each side")
+    pairs = SRPairs(images, scale, 48, seed=seed)
+    held = SRPairs(images, scale, 48, seed=seed + 1).batch(32)
+
+    def batches(step):
+        if step % 500 == 0:
+            pairs.rng.seed(seed * 1_000_003 + step)
+        return pairs.batch(16)
+
+    def quality(net, b):
+        with torch.no_grad():
+            return psnr_db(net(b[0]), b[1])
+
+    return PruneData(batches, pairs.batch(32)[0], held, lambda net, b: F.l1_loss(net(b[0]), b[1]), quality,
+                     torch.rand(1, 3, 256, 256))
+
+
+def color_data(data: list[str], seed: int, crop: int = 128) -> PruneData:
+    from .color import lab_to_rgb
+    from .train.colorize import ColorBatches, load_color_images
+    from .train.data import list_images
+
+    images, _ = load_color_images(list_images(data), short_side=crop + crop // 8)
+    if len(images) < 2:
+        raise ValueError("colorizer pruning needs colour calibration images (--data DIR)")
+    labels = [-100] * len(images)
+    batches_ = ColorBatches(images, labels, crop, seed)
+    held_ = ColorBatches(images, labels, crop, seed + 1).batch(24)
+
+    def batches(step):
+        if step % 500 == 0:
+            batches_.rng.seed(seed * 1_000_003 + step)
+        return batches_.batch(12)
+
+    def loss(net, b):
+        return F.mse_loss(net(b[0]), b[1]) / 100.0
+
+    def to_rgb(l, ab_half):
+        ab = F.interpolate(ab_half, size=l.shape[2:], mode="bilinear", align_corners=False)
+        return lab_to_rgb(torch.cat([l, ab], dim=1))
+
+    def quality(net, b):
+        with torch.no_grad():
+            return psnr_db(to_rgb(b[0], net(b[0])), to_rgb(b[0], b[1]))
+
+    return PruneData(batches, batches_.batch(16)[0], held_, loss, quality, torch.rand(1, 1, 256, 256) * 100)
+
+
+def _speed(model: nn.Module, x: torch.Tensor, repeat: int = 5) -> float:
     """Best-of-`repeat` seconds for one forward pass (channels_last, as run)."""
     import time
 
@@ -241,94 +475,90 @@ def _speed(model: nn.Module, x: torch.Tensor, repeat: int = 3) -> float:
     return best
 
 
+# ---------------------------------------------------------------------------- orchestration
+
 def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca",
                 compensate: bool = True, steps: int = 0, out=None, seed: int = 0, log=print) -> dict:
-    """Prune the model in weights file `wf`; write `out`; return a report
-    with before/after parameters, MACs, speed and quality (the unpruned
-    model, and the plain L1-norm baseline at the same ratio, measured in the
-    same run)."""
+    """Prune the model in weights file `wf` so that its parameter count falls
+    by `ratio`; write `out`; return a report with before/after parameters,
+    MACs, speed and quality (the unpruned model, and the plain L1-norm
+    baseline at the same ratio, measured in the same run)."""
     from . import registry, weights
-    from .train.data import SRPairs, list_images, load_rgb
     from .train.loop import TrainOptions, TrainTask, train
 
-    if wf.arch not in CHAINS:
-        raise NotImplementedError(f"pruning {wf.arch!r} models is not supported yet "
-                                  f"(supported: {', '.join(CHAINS)})")
+    if wf.arch not in SPECS:
+        raise NotImplementedError(f"pruning {wf.arch!r} models is not supported "
+                                  f"(supported: {', '.join(SPECS)})")
     if not data and (criterion == "glca" or compensate or steps):
         raise ValueError("GLCA scoring, compensation and fine-tuning need calibration images: --data DIR")
-    scale = wf.scale
     torch.manual_seed(seed)
     base = registry.build_from_weights(wf).eval()
-    CHAINS[wf.arch](base)
-    calib = held = pairs = None
+    spec_fn = SPECS[wf.arch]
+    spec_fn(base)  # ECBSR: fold first; the folded form is what is pruned and what runs
+    pd = None
     if data:
-        images = load_rgb(list_images(data), min_side=48 * scale)
-        pairs = SRPairs(images, scale, 48, seed=seed)
-        calib = pairs.batch(32)[0]
-        held = SRPairs(images, scale, 48, seed=seed + 1).batch(32)  # held-out crops for quality
-
-    def loss_fn(net, b):
-        return F.l1_loss(net(b[0]), b[1])
-
-    def quality(net) -> float | None:
-        if held is None:
-            return None
-        net.eval()
-        with torch.no_grad():
-            return round(psnr_db(net(held[0]), held[1]), 4)
+        pd = sr_data(data, wf.scale, seed) if wf.task == "upscale" else color_data(data, seed)
+    keep = keep_for_ratio(base, spec_fn, ratio)
 
     def prune_copy(crit: str, comp: bool):
         net = copy.deepcopy(base)
-        chain = CHAINS[wf.arch](net)
+        spec = spec_fn(net)
         if crit == "l1":
-            scores = l1_scores(chain)
+            scores = l1_scores(spec)
         else:
-            scores = glca_scores(net, chain, lambda s: pairs.batch(16), loss_fn, log=log)
-        prune_chain(chain, keep_indices(scores, ratio), calib, compensate=comp)
+            scores = glca_scores(net, spec, pd.batches, pd.loss, log=log)
+        prune(net, spec, keep_indices(scores, keep), pd.calib if pd else None, compensate=comp)
         for p in net.parameters():
             p.requires_grad_(True)
-        net.cfg.widths = widths(chain)
         return net.eval()
 
-    x = torch.rand(1, wf.config.get("colors", 3), 256, 256)
-    report = {"ratio": ratio, "criterion": criterion, "compensate": compensate, "steps": steps,
-              "rows": []}
+    x = pd.speed_input if pd else (torch.rand(1, 3, 256, 256) if wf.task == "upscale"
+                                   else torch.rand(1, 1, 256, 256) * 100)
+    report = {"ratio": ratio, "keep_fraction": round(keep, 4), "criterion": criterion,
+              "compensate": compensate, "steps": steps, "rows": []}
 
     def row(name, net):
+        macs = registry.count_macs(net, x)
         report["rows"].append({
             "model": name, "params": registry.count_params(net),
-            "gmacs_per_output_mp": round(registry.macs_per_output_mp(net, scale) / 1e9, 4),
-            "seconds_256": round(_speed(net, x), 4), "psnr_calib": quality(net)})
+            "gmacs_256": round(macs / 1e9, 4), "seconds_256": round(_speed(net, x), 4),
+            "psnr_calib": round(pd.quality(net.eval(), pd.held), 4) if pd else None})
 
     row("unpruned", base)
     if not (criterion == "l1" and not compensate):
         row("l1, plain removal (baseline)", prune_copy("l1", False))
     pruned = prune_copy(criterion, compensate)
-    row(f"{criterion}{' + compensation' if compensate else ''}", pruned)
+    name = f"{criterion}{' + compensation' if compensate else ''}"
+    row(name, pruned)
     if steps:
-        cfg = pruned.config()
+        teacher = base.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
 
-        def sample(step):
-            if step % 500 == 0:
-                pairs.rng.seed(seed * 1_000_003 + step)
-            return pairs.batch(16)
+        def distill(net, b):
+            with torch.no_grad():
+                want = teacher(b[0])
+            return F.l1_loss(net(b[0]), want)
 
-        task = TrainTask(arch=wf.arch, task=wf.task, scale=scale, model=pruned, config=cfg,
-                         batch=sample, loss=loss_fn)
+        task = TrainTask(arch=wf.arch, task=wf.task, scale=wf.scale, model=pruned, config=pruned.config(),
+                         batch=pd.batches, loss=distill)
         tmp = out.with_name(out.name + ".finetune") if out else None
-        train(task, TrainOptions(steps=steps, out=tmp, lr=2e-4, warmup=0, save_every=10**9,
-                                 log=log, resume=False))
-        for p in (tmp, tmp.with_name(tmp.name + ".state")):
-            p.unlink(missing_ok=True)
+        try:
+            train(task, TrainOptions(steps=steps, out=tmp, lr=5e-4, warmup=0, save_every=10**9,
+                                     log=log, resume=False))
+        finally:
+            for p in (tmp, tmp.with_name(tmp.name + ".state")) if tmp else ():
+                p.unlink(missing_ok=True)
         pruned.eval()
-        row(f"{criterion}{' + compensation' if compensate else ''} + {steps} fine-tuning steps", pruned)
+        row(f"{name} + {steps} distillation steps", pruned)
     if out is not None:
         prov = dict(wf.provenance)
         prov.pop("metrics", None)  # measured on the unpruned model
-        prov["pruned"] = {"from": str(wf.path.name), "ratio": ratio, "criterion": criterion,
-                          "compensate": compensate, "finetune_steps": steps,
+        prov["pruned"] = {"from": str(wf.path.name), "ratio": ratio, "keep_fraction": round(keep, 4),
+                          "criterion": criterion, "compensate": compensate, "finetune_steps": steps,
+                          "finetune": "L1 distillation from the unpruned model" if steps else None,
                           "data": [str(d) for d in (data or [])], "report": report["rows"]}
         weights.save(out, pruned.state_dict(), arch=wf.arch, config=pruned.config(), task=wf.task,
-                     scale=scale, provenance=prov)
-    report["widths"] = pruned.cfg.widths
+                     scale=wf.scale, provenance=prov)
+    report["widths"] = pruned.config().get("widths")
     return report

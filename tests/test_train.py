@@ -65,3 +65,32 @@ def test_rebalancing_favours_rare_colours():
         torch.from_numpy(a[:1, :1]).permute(2, 0, 1)[None].float() / 255)[:, 1:]
     assert w[ab_bins(lab(rare))].item() > w[ab_bins(lab(common[0]))].item()
     assert w.shape == (NBINS * NBINS,) and FG_CHROMA > 0
+
+
+def test_holdout_split_is_deterministic_and_disjoint(tmp_path):
+    from imgrestore.train.colorize import split_holdout
+
+    files = [tmp_path / f"n0000000{i % 10}_{i}.JPEG" for i in range(400)]
+    kept, held = split_holdout(files, 0.1)
+    assert set(kept).isdisjoint(held) and len(kept) + len(held) == 400
+    assert 20 <= len(held) <= 60
+    assert split_holdout(list(reversed(files)), 0.1)[1] == list(reversed(held))  # by name, not position
+    assert split_holdout(files, 0.0) == (files, [])
+
+
+def test_colorize_training_options_reach_the_loss_and_the_file(tmp_path):
+    from imgrestore.train.colorize import make_task
+
+    data = tmp_path / "col"
+    data.mkdir()
+    for i in range(12):
+        noise_image(40, 48, seed=i).save(data / f"n01440764_{i}.JPEG")
+    losses = {}
+    for kind in ("l2", "smooth-l1"):
+        torch.manual_seed(0)
+        task = make_task([str(data)], width=4, crop=32, batch=2, loss_kind=kind, rebalance=0.5, fg_weight=1.0,
+                         holdout=0.3, log=lambda m: None)
+        losses[kind] = task.loss(task.model, task.batch(0)).item()
+        assert "holdout" in task.quick_eval(task.model)
+        assert task.provenance["loss"].startswith(kind) and task.provenance["holdout"]["images"] > 0
+    assert losses["l2"] != losses["smooth-l1"]

@@ -37,6 +37,20 @@ class ColorNetConfig:
     global_dim: int = 256  # global feature vector
     classes: int = 0  # classification head outputs (0: none)
     mid_blocks: int = 3  # stacked multi-scale attention blocks at 1/8
+    # per-stage channel counts that differ from the defaults below (set by
+    # pruning): s1, s2, s3 (the 1/2, 1/4, 1/8 feature streams, skips
+    # included), s3b (fusion and decoder at 1/8), g1, g2 (global convs), ca
+    # (hidden units of the channel attention)
+    widths: dict | None = None
+
+    def stage_widths(self) -> dict[str, int]:
+        w = self.width
+        out = dict(s1=w, s2=2 * w, s3=4 * w, s3b=4 * w, g1=8 * w, g2=8 * w, ca=max(4, w))
+        unknown = set(self.widths or {}) - set(out)
+        if unknown:
+            raise ValueError(f"unknown widths {sorted(unknown)}")
+        out.update(self.widths or {})
+        return out
 
 
 def _act() -> nn.Module:
@@ -61,10 +75,10 @@ class MSABlock(nn.Module):
     attention from the pooled descriptor, and spatial attention computed at
     three scales (1, 1/2, 1/4: pooled, convolved, upsampled, summed)."""
 
-    def __init__(self, c: int):
+    def __init__(self, c: int, hidden: int | None = None):
         super().__init__()
         self.conv = SepBlock(c)
-        hidden = max(4, c // 4)
+        hidden = hidden or max(4, c // 4)
         self.ca = nn.Sequential(nn.Linear(c, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, c))
         self.sa = nn.ModuleList(nn.Conv2d(c, 1, 3, padding=1) for _ in range(3))
 
@@ -86,29 +100,30 @@ class FusionColorNet(nn.Module):
         super().__init__()
         cfg = ColorNetConfig(**kwargs)
         self.cfg = cfg
-        w = cfg.width
+        ws = cfg.stage_widths()
+        s1, s2, s3, s3b, g1, g2 = (ws[k] for k in ("s1", "s2", "s3", "s3b", "g1", "g2"))
         # low-level, shared by local and global paths: 1/2, 1/4, 1/8
-        self.low1 = nn.Sequential(nn.Conv2d(1, w, 3, 2, 1), _act(), SepBlock(w))
-        self.low2 = nn.Sequential(nn.Conv2d(w, 2 * w, 3, 2, 1), _act(), SepBlock(2 * w))
-        self.low3 = nn.Sequential(nn.Conv2d(2 * w, 4 * w, 3, 2, 1), _act(), SepBlock(4 * w))
+        self.low1 = nn.Sequential(nn.Conv2d(1, s1, 3, 2, 1), _act(), SepBlock(s1))
+        self.low2 = nn.Sequential(nn.Conv2d(s1, s2, 3, 2, 1), _act(), SepBlock(s2))
+        self.low3 = nn.Sequential(nn.Conv2d(s2, s3, 3, 2, 1), _act(), SepBlock(s3))
         # local mid-level: stacked multi-scale attention
-        self.mid = nn.Sequential(*[MSABlock(4 * w) for _ in range(cfg.mid_blocks)])
+        self.mid = nn.Sequential(*[MSABlock(s3, ws["ca"]) for _ in range(cfg.mid_blocks)])
         # global path: 1/16, 1/32, pooled, fully connected
         self.glob = nn.Sequential(
-            nn.Conv2d(4 * w, 8 * w, 3, 2, 1), _act(), SepBlock(8 * w),
-            nn.Conv2d(8 * w, 8 * w, 3, 2, 1), _act(), SepBlock(8 * w),
+            nn.Conv2d(s3, g1, 3, 2, 1), _act(), SepBlock(g1),
+            nn.Conv2d(g1, g2, 3, 2, 1), _act(), SepBlock(g2),
         )
-        self.glob_fc = nn.Sequential(nn.Linear(8 * w, cfg.global_dim), _act())
+        self.glob_fc = nn.Sequential(nn.Linear(g2, cfg.global_dim), _act())
         self.classifier = nn.Linear(cfg.global_dim, cfg.classes) if cfg.classes else None
         # fusion layer
-        self.fuse = nn.Sequential(nn.Conv2d(4 * w + cfg.global_dim, 4 * w, 1), _act())
+        self.fuse = nn.Sequential(nn.Conv2d(s3 + cfg.global_dim, s3b, 1), _act())
         # decoder back to 1/2 with skips from the low-level features
-        self.dec3 = nn.Sequential(SepBlock(4 * w), SepBlock(4 * w, dilation=2))
-        self.up2 = nn.Conv2d(4 * w, 2 * w, 1)
-        self.dec2 = SepBlock(2 * w)
-        self.up1 = nn.Conv2d(2 * w, w, 1)
-        self.dec1 = SepBlock(w)
-        self.head = nn.Conv2d(w, 2, 3, padding=1)
+        self.dec3 = nn.Sequential(SepBlock(s3b), SepBlock(s3b, dilation=2))
+        self.up2 = nn.Conv2d(s3b, s2, 1)
+        self.dec2 = SepBlock(s2)
+        self.up1 = nn.Conv2d(s2, s1, 1)
+        self.dec1 = SepBlock(s1)
+        self.head = nn.Conv2d(s1, 2, 3, padding=1)
 
     def config(self) -> dict:
         return asdict(self.cfg)
