@@ -299,13 +299,15 @@ def prune(model, ratio, data, steps, criterion, compensate, threads, as_json, ou
 
     t = Table(title=f"prune {model} --ratio {ratio}: keep {report['keep_fraction']:.0%} of the channels "
                     f"(widths {report['widths']}, torch threads {threads})")
-    for c in ("model", "params", "GMACs (256x256 in)", "s per 256x256", "speed-up", "PSNR calib (dB)"):
+    for c in ("model", "params", "GMACs (256x256 in)", "s per 256x256", "speed-up", "PSNR calib (dB)",
+              "PSNR vs unpruned"):
         t.add_column(c)
     base = report["rows"][0]
     for r in report["rows"]:
         t.add_row(r["model"], f"{r['params']:,} ({r['params'] / base['params']:.0%})", f"{r['gmacs_256']:.3f}",
                   f"{r['seconds_256']:.4f}", f"{base['seconds_256'] / r['seconds_256']:.2f}x",
-                  "-" if r["psnr_calib"] is None else f"{r['psnr_calib']:.3f}")
+                  "-" if r["psnr_calib"] is None else f"{r['psnr_calib']:.3f}",
+                  "-" if r["psnr_vs_unpruned"] is None else f"{r['psnr_vs_unpruned']:.3f}")
     Console().print(t)
     click.echo(f"wrote {out}", err=True)
 
