@@ -180,7 +180,7 @@ def l1_scores(spec: Spec) -> list[torch.Tensor]:
 
 
 def glca_scores(model: nn.Module, spec: Spec, batches: Callable[[int], tuple],
-                loss_fn: Callable, steps: int = 150, sparsity: float = 0.5,
+                loss_fn: Callable, steps: int = 150, sparsity: float = 2.0,
                 lr: float = 1e-2, log=print) -> list[torch.Tensor]:
     """Fit GLCA gates on calibration batches with the network frozen; return
     the mean gate of every channel of every group. The task loss is divided
@@ -289,18 +289,23 @@ def apply_keep(spec: Spec, keeps: list[torch.Tensor]) -> tuple[dict, dict]:
     return out_keep, in_keep
 
 
-def _capture(model: nn.Module, mods: list[nn.Module], x, run: Callable, want: str) -> dict:
-    """Inputs (`want="in"`) or outputs of `mods` over one run, every call."""
-    got: dict[nn.Module, list] = {m: [] for m in mods}
-    hooks = [m.register_forward_hook(
-        # a copy: an in-place activation after the layer would overwrite its output
-        lambda mod, inp, out: got[mod].append((inp[0] if want == "in" else out).detach().clone())) for m in mods]
+def _run_with_hooks(model: nn.Module, mods, hook: Callable, x, run: Callable) -> None:
+    hooks = [m.register_forward_hook(hook) for m in mods]
     try:
         with torch.no_grad():
             run(model, x)
     finally:
         for h in hooks:
             h.remove()
+
+
+def _capture(model: nn.Module, mods: list[nn.Module], x, run: Callable, want: str) -> dict:
+    """Inputs (`want="in"`) or outputs of `mods` over one run, every call."""
+    got: dict[nn.Module, list] = {m: [] for m in mods}
+
+    def hook(mod, inp, out):  # a copy: an in-place activation after the layer would overwrite it
+        got[mod].append((inp[0] if want == "in" else out).detach().clone())
+    _run_with_hooks(model, mods, hook, x, run)
     return got
 
 
@@ -366,14 +371,8 @@ def _fixed_columns(mod: nn.Module, segments: list[tuple[int, int]]) -> torch.Ten
 
 def execution_order(model: nn.Module, x, run: Callable) -> list[nn.Module]:
     order: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod) if mod not in order else None)
-             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            run(model, x)
-    finally:
-        for h in hooks:
-            h.remove()
+    dense = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    _run_with_hooks(model, dense, lambda mod, i, o: order.append(mod) if mod not in order else None, x, run)
     return order
 
 

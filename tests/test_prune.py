@@ -76,12 +76,17 @@ def test_parameters_fall_as_asked(arch, ratio):
     assert after > (1 - ratio) * before * 0.65  # not much more than asked (8-channel toys are coarse)
 
 
-def test_prune_command_end_to_end(cli, tmp_path):
-    src = tiny_sr_file(tmp_path / "m.safetensors", scale=2, channels=8, blocks=2)
+def _calib(tmp_path, side):
     data = tmp_path / "calib"
     data.mkdir()
     for i in range(3):
-        noise_image(100, 110, seed=i).save(data / f"{i}.png")
+        noise_image(side, side + 10, seed=i).save(data / f"{i}.png")
+    return data
+
+
+def test_prune_command_end_to_end(cli, tmp_path):
+    src = tiny_sr_file(tmp_path / "m.safetensors", scale=2, channels=8, blocks=2)
+    data = _calib(tmp_path, 100)
     out = tmp_path / "small.safetensors"
     code, stdout, err = cli("prune", src, "--ratio", "0.5", "--data", data, "--steps", "3",
                             "--threads", "1", "-o", out, "--json")
@@ -113,10 +118,7 @@ def test_prune_command_end_to_end(cli, tmp_path):
 
 
 def test_prune_colorizer_end_to_end(cli, tiny_color, tmp_path):
-    data = tmp_path / "calib"
-    data.mkdir()
-    for i in range(3):
-        noise_image(150, 160, seed=i).save(data / f"{i}.png")
+    data = _calib(tmp_path, 150)
     out = tmp_path / "small-color.safetensors"
     code, stdout, err = cli("prune", tiny_color, "--ratio", "0.5", "--data", data, "--steps", "2",
                             "--threads", "1", "-o", out, "--json")
