@@ -152,7 +152,7 @@ def _speed_rows(restorer, size: int, folders: list[str]) -> list[dict]:
     def add(test, method, seconds, mp):
         rows.append({"test": test, "method": method, "seconds": seconds, "mp_per_s": mp / seconds})
 
-    from .restorer import DEFAULT_TILE
+    from .defaults import DEFAULT_TILE
 
     add(f"{size}x{size} -> x{s}", f"imgrestore {restorer.name} (uint8 in, uint8 out, tile {DEFAULT_TILE})",
         time_call(lambda: restorer.run_pixels(big)), out_mp)
@@ -219,12 +219,13 @@ class ColorResult:
         return out
 
 
-def eval_colorize(model, folder: str | Path | list[Path], render_size: int = 256,
+def eval_colorize(model, folder: str | Path | list[Path], render_size: int | None = None,
                   limit: int | None = None) -> ColorResult:
     """The model sees only the luminance of each original colour image; PSNR
     (RGB) and colourfulness of its output against the original, next to the
     gray image (same L, no chroma) from the same run."""
     from .color import colorfulness, lab_to_rgb
+    from .defaults import DEFAULT_RENDER
     from .restorer import colorize_pixels, pixels_to_l
     from .train.colorize import is_gray
 
@@ -238,7 +239,7 @@ def eval_colorize(model, folder: str | Path | list[Path], render_size: int = 256
         if is_gray(rgb):
             continue  # nothing to compare colours against
         t = time.perf_counter()
-        out = colorize_pixels(model, rgb, render_size)
+        out = colorize_pixels(model, rgb, render_size or DEFAULT_RENDER)
         sec = time.perf_counter() - t
         # the gray baseline: the same L with a = b = 0
         l = pixels_to_l(rgb)

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from . import io as imgio
+from .defaults import DEFAULT_RENDER, DEFAULT_TILE
 
 
 class ShardType(click.ParamType):
@@ -44,7 +45,7 @@ def processing_options(f):
         click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,
                      help="JPEG/WebP quality."),
         click.option("--suffix", help="Suffix for outputs written next to their input."),
-        click.option("--tile", type=click.IntRange(0), default=256, show_default=True,
+        click.option("--tile", type=click.IntRange(0), default=DEFAULT_TILE, show_default=True,
                      help="Tile side in input pixels (0: whole image at once)."),
         click.option("--tile-overlap", type=click.IntRange(0), default=None,
                      help="Context pixels around each tile [default: the model's receptive "
@@ -223,7 +224,7 @@ def upscale(scale, inputs, output, recursive, model, fmt, quality, suffix, tile,
 @cli.command()
 @click.option("--reference", type=click.Path(exists=True, dir_okay=False),
               help="Colour in the style of this photo (its global features are used).")
-@click.option("--render-size", type=click.IntRange(32, 2048), default=256, show_default=True,
+@click.option("--render-size", type=click.IntRange(32, 2048), default=DEFAULT_RENDER, show_default=True,
               help="Working resolution (long side) of the network: detail of the colours vs speed. "
               "The output keeps the input's full resolution and luminance.")
 @processing_options
@@ -402,7 +403,7 @@ def bench_upscale(scale, model, threads, size, speed, as_json, folders):
 
 @bench.command("colorize")
 @click.option("--model", default="colorize", show_default=True, help="Model name or path.")
-@click.option("--render-size", type=click.IntRange(32, 2048), default=256, show_default=True)
+@click.option("--render-size", type=click.IntRange(32, 2048), default=DEFAULT_RENDER, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--speed/--no-speed", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -522,8 +523,9 @@ def train_upscale(scale, data, val, steps, batch, patch, channels, blocks, lr, i
 @click.option("--threads", type=click.IntRange(1))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--eval-every", type=click.IntRange(1), default=1000, show_default=True)
-@click.option("--loss", "loss_kind", type=click.Choice(["l2", "smooth-l1"]), default="l2", show_default=True,
-              help="Error on a*b*: l2 (the mean, best PSNR) or smooth-l1 (bolder).")
+@click.option("--loss", "loss_kind", type=click.Choice(["l2", "log-l2", "smooth-l1"]), default="l2",
+              show_default=True, help="Error on a*b*: l2 (the mean), log-l2 (mean over images of the log error: "
+                                      "what a mean PSNR rewards) or smooth-l1 (bolder).")
 @click.option("--rebalance", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="Rare-colour rebalancing lambda (1 = none; Zhang et al. use 0.5).")
 @click.option("--fg-weight", type=click.FloatRange(0), default=0.25, show_default=True,

@@ -18,13 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from . import registry, tiling, weights
+from .defaults import DEFAULT_RENDER, DEFAULT_TILE
 from .errors import ImgRestoreError
 from .io import Picture
-
-# input pixels per tile side. Smaller tiles keep the 32-channel feature maps
-# in cache: x4 on a 512x512 input ran 16.9 output MP/s untiled, 32.3 with
-# 256 tiles, 29.3 with 128 (2 threads, this machine); memory stays small.
-DEFAULT_TILE = 256
 
 
 def _describe_output(pic: Picture, shape: tuple[int, int, int], dtype, has_alpha: bool) -> Picture:
@@ -259,7 +255,7 @@ def pixels_to_l(px: np.ndarray) -> torch.Tensor:
     return out
 
 
-def colorize_pixels(model, px: np.ndarray, render_size: int = 256,
+def colorize_pixels(model, px: np.ndarray, render_size: int = DEFAULT_RENDER,
                     reference_l: torch.Tensor | None = None, band_rows: int = 256) -> np.ndarray:
     """(H, W, 1|3) uint8/uint16 -> (H, W, 3) same dtype: the photo's own
     full-resolution L joined to a*b* predicted at the working resolution and
@@ -292,7 +288,7 @@ class ColorizeRestorer(Restorer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.render_size = 256
+        self.render_size = DEFAULT_RENDER
         self.reference_l: torch.Tensor | None = None
 
     def set_reference(self, pic: Picture | None) -> None:
