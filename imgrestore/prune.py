@@ -38,7 +38,9 @@ activations that live on it, and `gates`: the layers whose outputs write it.
    (`criterion="l1"`: importance is the L1 norm of the weights that write the
    channel, the classic baseline.)
 2. Remove the lowest-importance channels of every group, the same fraction
-   everywhere, chosen so that the parameter count falls by `ratio`.
+   everywhere, chosen so that the parameter count falls by at least `ratio`;
+   wide groups keep a multiple of 8 channels (`round_to`), which the CPU
+   kernels vectorize: an odd width saves parameters but little time.
 3. Compensate. In execution order, every dense layer that reads a pruned
    group is refitted by ridge regression so that, fed with the *pruned*
    network's activations, it reproduces the *unpruned* network's outputs on
@@ -231,10 +233,24 @@ def glca_scores(model: nn.Module, spec: Spec, batches: Callable[[int], tuple],
 
 # ---------------------------------------------------------------------------- pruning
 
-def keep_indices(scores: list[torch.Tensor], keep_fraction: float) -> list[torch.Tensor]:
+ROUND_TO = 8
+
+
+def kept_count(size: int, keep_fraction: float, round_to: int = ROUND_TO) -> int:
+    """Channels kept of a group of `size`. Groups of at least 2 x round_to
+    keep a multiple of round_to: CPU kernels vectorize by 8 channels, and an
+    odd width costs speed for nothing (x4 at 256x256, 2 threads: 32 channels
+    28.3 ms, 21 channels 21.5 ms, 16 channels 14.2 ms)."""
+    n = max(1, int(round(size * keep_fraction)))
+    if round_to > 1 and size >= 2 * round_to:
+        n = max(round_to, n // round_to * round_to)
+    return n
+
+
+def keep_indices(scores: list[torch.Tensor], keep_fraction: float, round_to: int = ROUND_TO) -> list[torch.Tensor]:
     out = []
     for s in scores:
-        n = max(1, int(round(len(s) * keep_fraction)))
+        n = kept_count(len(s), keep_fraction, round_to)
         out.append(torch.sort(torch.topk(s, n).indices).values)
     return out
 
@@ -412,7 +428,7 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(1 / max(mse, 1e-12))
 
 
-def keep_for_ratio(model: nn.Module, spec_fn: Callable, ratio: float) -> float:
+def keep_for_ratio(model: nn.Module, spec_fn: Callable, ratio: float, round_to: int = ROUND_TO) -> float:
     """The largest fraction of channels to keep in every group with which
     the parameter count falls by at least `ratio` (bisection on copies)."""
     before = sum(p.numel() for p in model.parameters())
@@ -421,7 +437,8 @@ def keep_for_ratio(model: nn.Module, spec_fn: Callable, ratio: float) -> float:
         mid = (lo + hi) / 2
         m = copy.deepcopy(model)
         spec = spec_fn(m)
-        apply_keep(spec, keep_indices([torch.arange(g.size, dtype=torch.float32) for g in spec.groups], mid))
+        apply_keep(spec, keep_indices([torch.arange(g.size, dtype=torch.float32) for g in spec.groups], mid,
+                                      round_to))
         if sum(p.numel() for p in m.parameters()) > (1 - ratio) * before:
             hi = mid
         else:
@@ -519,7 +536,8 @@ def _speed(model: nn.Module, x: torch.Tensor, repeat: int = 5) -> float:
 # ---------------------------------------------------------------------------- orchestration
 
 def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca",
-                compensate: bool = True, steps: int = 0, out=None, seed: int = 0, log=print) -> dict:
+                compensate: bool = True, steps: int = 0, out=None, seed: int = 0, round_to: int = ROUND_TO,
+                log=print) -> dict:
     """Prune the model in weights file `wf` so that its parameter count falls
     by `ratio`; write `out`; return a report with before/after parameters,
     MACs, speed and quality (the unpruned model, and the plain L1-norm
@@ -539,7 +557,7 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
     pd = None
     if data:
         pd = sr_data(data, wf.scale, seed) if wf.task == "upscale" else color_data(data, seed)
-    keep = keep_for_ratio(base, spec_fn, ratio)
+    keep = keep_for_ratio(base, spec_fn, ratio, round_to)
 
     def prune_copy(crit: str, comp: bool):
         net = copy.deepcopy(base)
@@ -548,14 +566,14 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
             scores = l1_scores(spec)
         else:
             scores = glca_scores(net, spec, pd.batches, pd.loss, log=log)
-        prune(net, spec, keep_indices(scores, keep), pd.calib if pd else None, compensate=comp)
+        prune(net, spec, keep_indices(scores, keep, round_to), pd.calib if pd else None, compensate=comp)
         for p in net.parameters():
             p.requires_grad_(True)
         return net.eval()
 
     x = pd.speed_input if pd else (torch.rand(1, 3, 256, 256) if wf.task == "upscale"
                                    else torch.rand(1, 1, 256, 256) * 100)
-    report = {"ratio": ratio, "keep_fraction": round(keep, 4), "criterion": criterion,
+    report = {"ratio": ratio, "keep_fraction": round(keep, 4), "round_to": round_to, "criterion": criterion,
               "compensate": compensate, "steps": steps, "rows": []}
 
     if pd:
@@ -602,6 +620,7 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
         prov = dict(wf.provenance)
         prov.pop("metrics", None)  # measured on the unpruned model
         prov["pruned"] = {"from": str(wf.path.name), "ratio": ratio, "keep_fraction": round(keep, 4),
+                          "round_to": round_to,
                           "criterion": criterion, "compensate": compensate, "finetune_steps": steps,
                           "finetune": "L1 distillation from the unpruned model" if steps else None,
                           "data": [str(d) for d in (data or [])], "report": report["rows"]}

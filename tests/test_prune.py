@@ -68,12 +68,22 @@ def test_parameters_fall_as_asked(arch, ratio):
     spec_fn = SPECS[arch]
     spec_fn(model)
     before = registry.count_params(model)
-    keep = keep_for_ratio(model, spec_fn, ratio)
+    keep = keep_for_ratio(model, spec_fn, ratio, round_to=1)
     spec = spec_fn(model)
-    prune(model, spec, keep_indices(l1_scores(spec), keep), compensate=False)
+    prune(model, spec, keep_indices(l1_scores(spec), keep, round_to=1), compensate=False)
     after = registry.count_params(model)
     assert after <= (1 - ratio) * before
     assert after > (1 - ratio) * before * 0.65  # not much more than asked (8-channel toys are coarse)
+
+
+def test_wide_groups_keep_a_multiple_of_eight():
+    model = ECBSR(scale=4, channels=32, blocks=2).reparameterize()
+    keep = keep_for_ratio(model, SPECS["ecbsr"], 0.5)
+    spec = SPECS["ecbsr"](model)
+    before = registry.count_params(model)
+    prune(model, spec, keep_indices(l1_scores(spec), keep), compensate=False)
+    assert [g.size for g in spec.groups] == [16, 16, 16]  # 21 would be the exact ratio
+    assert registry.count_params(model) <= 0.5 * before
 
 
 def _calib(tmp_path, side):
