@@ -517,19 +517,23 @@ def color_data(data: list[str], seed: int, crop: int = 128) -> PruneData:
     return PruneData(batches, batches_.batch(48)[0], held_, loss, quality, torch.rand(1, 1, 256, 256) * 100)
 
 
-def _speed(model: nn.Module, x: torch.Tensor, repeat: int = 5) -> float:
-    """Best-of-`repeat` seconds for one forward pass (channels_last, as run)."""
+def _speeds(models: list[nn.Module], x: torch.Tensor, rounds: int = 7) -> list[float]:
+    """Best-of-`rounds` seconds for one forward pass of each model
+    (channels_last, as run), the models timed in turn in every round so
+    that a busy moment of the machine does not land on one of them."""
     import time
 
-    m = model.eval().to(memory_format=torch.channels_last)
+    nets = [m.eval().to(memory_format=torch.channels_last) for m in models]
     x = x.to(memory_format=torch.channels_last)
-    best = float("inf")
+    best = [float("inf")] * len(nets)
     with torch.inference_mode():
-        m(x)
-        for _ in range(repeat):
-            t = time.perf_counter()
+        for m in nets:
             m(x)
-            best = min(best, time.perf_counter() - t)
+        for _ in range(rounds):
+            for i, m in enumerate(nets):
+                t = time.perf_counter()
+                m(x)
+                best[i] = min(best[i], time.perf_counter() - t)
     return best
 
 
@@ -580,12 +584,14 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
         with torch.no_grad():
             ref = (pd.held[0], base(pd.held[0]))  # the unpruned model's outputs on the held-out crops
 
+    timed: list[nn.Module] = []
+
     def row(name, net):
         macs = registry.count_macs(net, x)
         net.eval()
+        timed.append(copy.deepcopy(net))
         report["rows"].append({
-            "model": name, "params": registry.count_params(net),
-            "gmacs_256": round(macs / 1e9, 4), "seconds_256": round(_speed(net, x), 4),
+            "model": name, "params": registry.count_params(net), "gmacs_256": round(macs / 1e9, 4),
             "psnr_calib": round(pd.quality(net, pd.held), 4) if pd else None,
             "psnr_vs_unpruned": round(pd.quality(net, ref), 4) if pd and net is not base else None})
 
@@ -616,6 +622,8 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
                 p.unlink(missing_ok=True)
         pruned.eval()
         row(f"{name} + {steps} distillation steps", pruned)
+    for r, sec in zip(report["rows"], _speeds(timed, x)):
+        r["seconds_256"] = round(sec, 4)
     if out is not None:
         prov = dict(wf.provenance)
         prov.pop("metrics", None)  # measured on the unpruned model
