@@ -61,6 +61,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import count_params
+
 
 class GLCA(nn.Module):
     """Global-local channel attention for a (B, C, H, W) map (or a (B, C)
@@ -255,10 +257,13 @@ def keep_indices(scores: list[torch.Tensor], keep_fraction: float, round_to: int
     return out
 
 
+def _in_width(mod: nn.Module) -> int:
+    return mod.in_features if isinstance(mod, nn.Linear) else mod.in_channels
+
+
 def _in_keep(mod: nn.Module, segments: list[tuple[int, int, torch.Tensor]]) -> torch.Tensor:
     """Input channels kept by `mod` given (offset, size, keep) of the groups it reads."""
-    n = mod.in_features if isinstance(mod, nn.Linear) else mod.in_channels
-    mask = torch.ones(n, dtype=torch.bool)
+    mask = torch.ones(_in_width(mod), dtype=torch.bool)
     for off, size, keep in segments:
         mask[off:off + size] = False
         mask[off + keep] = True
@@ -377,9 +382,8 @@ def _fixed_columns(mod: nn.Module, segments: list[tuple[int, int]]) -> torch.Ten
     """Row columns of `mod` fed by broadcast groups ((offset, size) after pruning)."""
     if not segments:
         return None
-    n = mod.in_features if isinstance(mod, nn.Linear) else mod.in_channels
     per_channel = 1 if isinstance(mod, nn.Linear) else mod.kernel_size[0] * mod.kernel_size[1]
-    mask = torch.zeros(n, dtype=torch.bool)
+    mask = torch.zeros(_in_width(mod), dtype=torch.bool)
     for off, size in segments:
         mask[off:off + size] = True
     return mask.repeat_interleave(per_channel)  # unfold orders columns channel-major
@@ -431,7 +435,7 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
 def keep_for_ratio(model: nn.Module, spec_fn: Callable, ratio: float, round_to: int = ROUND_TO) -> float:
     """The largest fraction of channels to keep in every group with which
     the parameter count falls by at least `ratio` (bisection on copies)."""
-    before = sum(p.numel() for p in model.parameters())
+    before = count_params(model)
     lo, hi = 0.0, 1.0
     for _ in range(14):
         mid = (lo + hi) / 2
@@ -439,7 +443,7 @@ def keep_for_ratio(model: nn.Module, spec_fn: Callable, ratio: float, round_to: 
         spec = spec_fn(m)
         apply_keep(spec, keep_indices([torch.arange(g.size, dtype=torch.float32) for g in spec.groups], mid,
                                       round_to))
-        if sum(p.numel() for p in m.parameters()) > (1 - ratio) * before:
+        if count_params(m) > (1 - ratio) * before:
             hi = mid
         else:
             lo = mid
@@ -451,19 +455,18 @@ def keep_for_ratio(model: nn.Module, spec_fn: Callable, ratio: float, round_to: 
 @dataclass
 class PruneData:
     """Calibration data of one task: a batch sampler, the compensation batch,
-    held-out batches for quality, the task loss for fitting gates, a quality
-    measure (PSNR, dB) and a speed input."""
+    held-out batches for quality, the task loss for fitting gates and a
+    quality measure (PSNR, dB)."""
 
     batches: Callable[[int], tuple]
     calib: torch.Tensor
     held: tuple
     loss: Callable[[nn.Module, tuple], torch.Tensor]
     quality: Callable[[nn.Module, tuple], float]
-    speed_input: torch.Tensor
 
 
 def sr_data(data: list[str], scale: int, seed: int) -> PruneData:
-    from .train.data import SRPairs, list_images, load_rgb
+    from .train.data import SRPairs, checkpoint_sampler, list_images, load_rgb
 
     images = load_rgb(list_images(data), min_side=48 * scale)
     if not images:
@@ -471,23 +474,18 @@ def sr_data(data: list[str], scale: int, seed: int) -> PruneData:
     pairs = SRPairs(images, scale, 48, seed=seed)
     held = SRPairs(images, scale, 48, seed=seed + 1).batch(32)
 
-    def batches(step):
-        if step % 500 == 0:
-            pairs.rng.seed(seed * 1_000_003 + step)
-        return pairs.batch(16)
-
     def quality(net, b):
         with torch.no_grad():
             return psnr_db(net(b[0]), b[1])
 
-    return PruneData(batches, pairs.batch(32)[0], held, lambda net, b: F.l1_loss(net(b[0]), b[1]), quality,
-                     torch.rand(1, 3, 256, 256))
+    return PruneData(checkpoint_sampler(pairs, 16, seed), pairs.batch(32)[0], held,
+                     lambda net, b: F.l1_loss(net(b[0]), b[1]), quality)
 
 
 def color_data(data: list[str], seed: int, crop: int = 128) -> PruneData:
     from .color import lab_to_rgb
     from .train.colorize import ColorBatches, load_color_images
-    from .train.data import list_images
+    from .train.data import checkpoint_sampler, list_images
 
     images, _ = load_color_images(list_images(data), short_side=crop + crop // 8)
     if len(images) < 2:
@@ -495,11 +493,6 @@ def color_data(data: list[str], seed: int, crop: int = 128) -> PruneData:
     labels = [-100] * len(images)
     batches_ = ColorBatches(images, labels, crop, seed)
     held_ = ColorBatches(images, labels, crop, seed + 1).batch(24)
-
-    def batches(step):
-        if step % 500 == 0:
-            batches_.rng.seed(seed * 1_000_003 + step)
-        return batches_.batch(12)
 
     def loss(net, b):
         return F.mse_loss(net(b[0]), b[1]) / 100.0
@@ -514,7 +507,7 @@ def color_data(data: list[str], seed: int, crop: int = 128) -> PruneData:
 
     # 48 crops: the refit of a 1x1 layer on 16 overfits them (fidelity to the
     # unpruned model 43.6 dB on them, 32.5 on held-out crops)
-    return PruneData(batches, batches_.batch(48)[0], held_, loss, quality, torch.rand(1, 1, 256, 256) * 100)
+    return PruneData(checkpoint_sampler(batches_, 12, seed), batches_.batch(48)[0], held_, loss, quality)
 
 
 def _speeds(models: list[nn.Module], x: torch.Tensor, rounds: int = 7) -> list[float]:
@@ -575,8 +568,8 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
             p.requires_grad_(True)
         return net.eval()
 
-    x = pd.speed_input if pd else (torch.rand(1, 3, 256, 256) if wf.task == "upscale"
-                                   else torch.rand(1, 1, 256, 256) * 100)
+    # the speed input: a 256x256 RGB image for an upscaler, L in [0, 100] for the colorizer
+    x = torch.rand(1, 3, 256, 256) if wf.task == "upscale" else torch.rand(1, 1, 256, 256) * 100
     report = {"ratio": ratio, "keep_fraction": round(keep, 4), "round_to": round_to, "criterion": criterion,
               "compensate": compensate, "steps": steps, "rows": []}
 
@@ -591,7 +584,7 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
         net.eval()
         timed.append(copy.deepcopy(net))
         report["rows"].append({
-            "model": name, "params": registry.count_params(net), "gmacs_256": round(macs / 1e9, 4),
+            "model": name, "params": count_params(net), "gmacs_256": round(macs / 1e9, 4),
             "psnr_calib": round(pd.quality(net, pd.held), 4) if pd else None,
             "psnr_vs_unpruned": round(pd.quality(net, ref), 4) if pd and net is not base else None})
 

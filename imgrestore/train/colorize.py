@@ -41,7 +41,7 @@ from PIL import Image
 
 from ..color import rgb_to_lab
 from ..models.colorize import AB_RANGE, FusionColorNet
-from .data import list_images
+from .data import checkpoint_sampler, list_images
 from .loop import TrainTask
 
 WNID = re.compile(r"(n\d{8})")
@@ -143,8 +143,9 @@ def split_holdout(files: list[Path], fraction: float) -> tuple[list[Path], list[
     if fraction <= 0:
         return files, []
     cut = int(fraction * 10_000)
-    held = [f for f in files if zlib.crc32(f.name.encode()) % 10_000 < cut]
-    kept = [f for f in files if zlib.crc32(f.name.encode()) % 10_000 >= cut]
+    kept, held = [], []
+    for f in files:
+        (held if zlib.crc32(f.name.encode()) % 10_000 < cut else kept).append(f)
     return kept, held
 
 
@@ -169,10 +170,7 @@ def make_task(data: list[str], *, width: int = 32, crop: int = 128, batch: int =
     model = FusionColorNet(**config)
     data_ = ColorBatches(images, labels, crop, seed)
 
-    def sample(step: int):
-        if step % 500 == 0:  # reseed at every checkpoint: a resumed run sees the same data
-            data_.rng.seed(seed * 1_000_003 + step)
-        return data_.batch(batch)
+    sample = checkpoint_sampler(data_, batch, seed)
 
     def loss(m, b):
         l, ab, y = b
@@ -181,10 +179,7 @@ def make_task(data: list[str], *, width: int = 32, crop: int = 128, batch: int =
             per_px = (pred / AB_RANGE - ab / AB_RANGE).square().sum(1) * 10.0  # x10: a scale like smooth-L1's
         else:
             per_px = F.smooth_l1_loss(pred / AB_RANGE, ab / AB_RANGE, reduction="none", beta=0.05).sum(1)
-        if rebalance < 1:
-            per_px_w = per_px * weights[ab_bins(ab)]
-        else:
-            per_px_w = per_px
+        per_px_w = per_px * weights[ab_bins(ab)] if rebalance < 1 else per_px
         if loss_kind == "log-l2":
             # the benchmark averages PSNR over images: minimize the mean of
             # each image's log error, which spares near-gray photos a tint

@@ -28,6 +28,17 @@ def list_images(dirs: list[str | Path]) -> list[Path]:
     return files
 
 
+def checkpoint_sampler(source, n: int, seed: int, every: int = 500):
+    """step -> a batch of `n` from `source` (anything with `.rng` and
+    `.batch(n)`), reseeded at every checkpoint (`every` steps, the training
+    loop's `save_every`) so that a resumed run sees the same data."""
+    def sample(step: int):
+        if step % every == 0:
+            source.rng.seed(seed * 1_000_003 + step)
+        return source.batch(n)
+    return sample
+
+
 def load_rgb(files: list[Path], min_side: int) -> list[np.ndarray]:
     """Decode every file to an (H, W, 3) uint8 array; skip ones too small."""
     out = []

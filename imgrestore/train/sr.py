@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from .. import weights
 from ..models.sr import ECBSR
-from .data import SRPairs, list_images, load_rgb
+from .data import SRPairs, checkpoint_sampler, list_images, load_rgb
 from .loop import TrainTask
 
 
@@ -39,10 +39,7 @@ def make_task(data: list[str], scale: int, *, channels: int = 32, blocks: int = 
     log(f"loaded {len(images)} training images from {', '.join(map(str, data))}")
     pairs = SRPairs(images, scale, patch, seed=seed)
 
-    def sample(step: int):
-        if step % 500 == 0:  # reseed at every checkpoint: a resumed run sees the same data
-            pairs.rng.seed(seed * 1_000_003 + step)
-        return pairs.batch(batch)
+    sample = checkpoint_sampler(pairs, batch, seed)
 
     def loss(m, b):
         lr, hr = b
