@@ -535,9 +535,13 @@ def train_upscale(scale, data, val, steps, batch, patch, channels, blocks, lr, i
               help="Weight of the foreground (object colour) term.")
 @click.option("--holdout", type=click.FloatRange(0, 0.5), default=0.05, show_default=True,
               help="Fraction of training files kept out and evaluated at every checkpoint.")
+@click.option("--zoom", "min_zoom", type=click.FloatRange(0.1, 1), default=1.0, show_default=True,
+              help="Cut crops at a random zoom-out in [ZOOM, 1] (1: crops of photos resized to about the crop).")
+@click.option("--init", type=click.Path(exists=True, dir_okay=False),
+              help="Warm start from a weights file (matching tensors are copied).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
 def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval_every, loss_kind, rebalance,
-                   fg_weight, holdout, output):
+                   fg_weight, holdout, min_zoom, init, output):
     """Train the fusion colorizer; writes OUTPUT and OUTPUT.state (resume by
     running the same command again)."""
     from .train.colorize import make_task
@@ -549,7 +553,8 @@ def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval
         click.echo(msg, err=True)
 
     task = make_task(list(data), width=width, crop=crop, batch=batch, val=list(val), seed=seed, loss_kind=loss_kind,
-                     rebalance=rebalance, fg_weight=fg_weight, holdout=holdout, log=log)
+                     rebalance=rebalance, fg_weight=fg_weight, holdout=holdout, min_zoom=min_zoom,
+                     init=Path(init) if init else None, log=log)
     run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log))
 
 

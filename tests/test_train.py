@@ -94,3 +94,32 @@ def test_colorize_training_options_reach_the_loss_and_the_file(tmp_path):
         assert "holdout" in task.quick_eval(task.model)
         assert task.provenance["loss"].startswith(kind) and task.provenance["holdout"]["images"] > 0
     assert len(set(losses.values())) == 3
+
+
+def test_zoomed_colour_crops_and_warm_start(tmp_path):
+    from imgrestore.train.colorize import ColorBatches, make_task
+
+    # zoom-out crops: the right size, and with min_zoom 0.5 a crop can hold
+    # more of the photo than a plain one (a wide stripe pattern shows it)
+    stripes = np.zeros((64, 64, 3), np.uint8)
+    stripes[:, ::16] = 255
+    plain = ColorBatches([stripes], [0], 16, seed=1).batch(32)[0]
+    zoomed = ColorBatches([stripes], [0], 16, seed=1, min_zoom=0.5).batch(32)[0]
+    assert plain.shape == zoomed.shape == (32, 1, 16, 16)
+    # a 16-px plain crop holds at most one stripe period; a zoomed one up to two
+    per_crop = lambda l: (l[:, 0] > 50).any(dim=1).sum(dim=1).float().mean()  # noqa: E731
+    assert per_crop(zoomed) > per_crop(plain)
+
+    data = tmp_path / "col"
+    data.mkdir()
+    for i in range(4):
+        noise_image(40, 48, seed=i).save(data / f"n01440764_{i}.JPEG")
+    first = make_task([str(data)], width=4, crop=16, batch=2, log=lambda m: None)
+    src = tmp_path / "a.safetensors"
+    train(first, TrainOptions(steps=1, out=src, warmup=1, log=lambda m: None))
+    logs = []
+    second = make_task([str(data)], width=4, crop=16, batch=2, min_zoom=0.5, init=src, log=logs.append)
+    assert any("initialized" in m for m in logs)
+    a, b = first.model.state_dict(), second.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert second.provenance["init"] == "a.safetensors" and "0.5" in second.provenance["zoom"]

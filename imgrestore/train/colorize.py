@@ -42,7 +42,7 @@ from PIL import Image
 from ..color import rgb_to_lab
 from ..models.colorize import AB_RANGE, FusionColorNet
 from .data import checkpoint_sampler, list_images
-from .loop import TrainTask
+from .loop import TrainTask, init_from
 
 WNID = re.compile(r"(n\d{8})")
 BIN = 10.0  # a*b* histogram bin width
@@ -114,8 +114,16 @@ def rebalance_weights(images: list[np.ndarray], lam: float = REBALANCE_LAMBDA, s
 
 
 class ColorBatches:
-    def __init__(self, images, labels, crop: int, seed: int = 0):
-        self.images, self.labels, self.crop = images, labels, crop
+    """Random (L, a*b* at half resolution, class) crops.
+
+    With `min_zoom` < 1 every crop is cut at a random zoom-out in
+    [min_zoom, 1] (a square of side crop / zoom, Pillow-resized to `crop`),
+    so the network sees objects at the range of scales the working
+    resolution gives them, and 4,000 photos are not memorized crop for crop
+    (images must then be loaded at short side crop / min_zoom or more)."""
+
+    def __init__(self, images, labels, crop: int, seed: int = 0, min_zoom: float = 1.0):
+        self.images, self.labels, self.crop, self.min_zoom = images, labels, crop, min_zoom
         self.rng = random.Random(seed)
 
     def batch(self, n: int):
@@ -125,8 +133,11 @@ class ColorBatches:
             i = rng.randrange(len(self.images))
             a = self.images[i]
             h, w = a.shape[:2]
-            y, x = rng.randrange(h - c + 1), rng.randrange(w - c + 1)
-            crop = a[y:y + c, x:x + c]
+            side = c if self.min_zoom >= 1 else min(h, w, round(c / rng.uniform(self.min_zoom, 1.0)))
+            y, x = rng.randrange(h - side + 1), rng.randrange(w - side + 1)
+            crop = a[y:y + side, x:x + side]
+            if side != c:
+                crop = np.asarray(Image.fromarray(crop).resize((c, c), Image.BICUBIC))
             if rng.random() < 0.5:  # horizontal flip only: colours have an up and a down
                 crop = crop[:, ::-1]
             crops.append(np.ascontiguousarray(crop))
@@ -152,14 +163,14 @@ def split_holdout(files: list[Path], fraction: float) -> tuple[list[Path], list[
 def make_task(data: list[str], *, width: int = 32, crop: int = 128, batch: int = 32,
               val: list[str] | None = None, seed: int = 0, loss_kind: str = "l2",
               rebalance: float = REBALANCE_LAMBDA, fg_weight: float = FG_WEIGHT, holdout: float = 0.0,
-              log=print) -> TrainTask:
+              min_zoom: float = 1.0, init: Path | None = None, log=print) -> TrainTask:
     from ..bench import eval_colorize
 
     if loss_kind not in LOSSES:
         raise ValueError(f"unknown loss {loss_kind!r} ({', '.join(LOSSES)})")
     torch.manual_seed(seed)
     files, held = split_holdout(list_images(data), holdout)
-    images, wnids = load_color_images(files, short_side=crop + crop // 8)
+    images, wnids = load_color_images(files, short_side=round(crop / min_zoom) + crop // 8)
     classes = sorted({w for w in wnids if w})
     index = {w: i for i, w in enumerate(classes)}
     labels = [index[w] if w else -100 for w in wnids]  # -100: no label, ignored
@@ -168,7 +179,9 @@ def make_task(data: list[str], *, width: int = 32, crop: int = 128, batch: int =
     weights = rebalance_weights(images, lam=rebalance)
     config = dict(width=width, global_size=128, global_dim=256, classes=len(classes), mid_blocks=3)
     model = FusionColorNet(**config)
-    data_ = ColorBatches(images, labels, crop, seed)
+    if init:
+        init_from(model, init, log)
+    data_ = ColorBatches(images, labels, crop, seed, min_zoom=min_zoom)
 
     sample = checkpoint_sampler(data_, batch, seed)
 
@@ -208,6 +221,8 @@ def make_task(data: list[str], *, width: int = 32, crop: int = 128, batch: int =
         quick_eval=(lambda m: evaluate(m, limit=60)) if val or held else None,
         provenance=dict(
             data=[Path(d).name for d in data], images=len(images), crop=crop, batch=batch,
+            zoom=f"crops cut at a random zoom-out in [{min_zoom}, 1]" if min_zoom < 1 else None,
+            init=Path(init).name if init else None,
             classes=classes, holdout=dict(fraction=holdout, images=len(held), rule="crc32(file name) % 10000 < "
                                           "fraction x 10000"),
             loss=(f"{loss_kind}" + (f" rebalanced (lam {rebalance})" if rebalance < 1 else "")

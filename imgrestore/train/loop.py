@@ -49,6 +49,17 @@ class TrainOptions:
     resume: bool = True
 
 
+def init_from(model: torch.nn.Module, path: Path, log=print) -> None:
+    """Warm start: copy every tensor whose name and shape match (e.g. the head
+    and body of an x2 model into an x4 one; the tail differs)."""
+    wf = weights.read(path)
+    own = model.state_dict()
+    copied = {k: v for k, v in wf.tensors.items() if k in own and own[k].shape == v.shape}
+    own.update(copied)
+    model.load_state_dict(own)
+    log(f"initialized {len(copied)}/{len(own)} tensors from {path}")
+
+
 def _state_path(out: Path) -> Path:
     return out.with_name(out.name + ".state")
 

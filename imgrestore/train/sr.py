@@ -7,21 +7,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import weights
 from ..models.sr import ECBSR
 from .data import SRPairs, checkpoint_sampler, list_images, load_rgb
-from .loop import TrainTask
-
-
-def init_from(model: torch.nn.Module, path: Path, log=print) -> None:
-    """Warm start: copy every tensor whose name and shape match (e.g. the head
-    and body of an x2 model into an x4 one; the tail differs)."""
-    wf = weights.read(path)
-    own = model.state_dict()
-    copied = {k: v for k, v in wf.tensors.items() if k in own and own[k].shape == v.shape}
-    own.update(copied)
-    model.load_state_dict(own)
-    log(f"initialized {len(copied)}/{len(own)} tensors from {path}")
+from .loop import TrainTask, init_from
 
 
 def make_task(data: list[str], scale: int, *, channels: int = 32, blocks: int = 4,
