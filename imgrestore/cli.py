@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from . import io as imgio
-from .defaults import DEFAULT_RENDER, DEFAULT_TILE
+from .defaults import DEFAULT_RENDER, DEFAULT_TILE, TRAIN_COLORIZE
 
 
 class ShardType(click.ParamType):
@@ -529,11 +529,11 @@ def train_upscale(scale, data, val, steps, batch, patch, channels, blocks, lr, i
 @click.option("--loss", "loss_kind", type=click.Choice(["l2", "log-l2", "smooth-l1"]), default="l2",
               show_default=True, help="Error on a*b*: l2 (the mean), log-l2 (mean over images of the log error: "
                                       "what a mean PSNR rewards) or smooth-l1 (bolder).")
-@click.option("--rebalance", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+@click.option("--rebalance", type=click.FloatRange(0, 1), default=TRAIN_COLORIZE["rebalance"], show_default=True,
               help="Rare-colour rebalancing lambda (1 = none; Zhang et al. use 0.5).")
-@click.option("--fg-weight", type=click.FloatRange(0), default=0.25, show_default=True,
+@click.option("--fg-weight", type=click.FloatRange(0), default=TRAIN_COLORIZE["fg_weight"], show_default=True,
               help="Weight of the foreground (object colour) term.")
-@click.option("--holdout", type=click.FloatRange(0, 0.5), default=0.05, show_default=True,
+@click.option("--holdout", type=click.FloatRange(0, 0.5), default=TRAIN_COLORIZE["holdout"], show_default=True,
               help="Fraction of training files kept out and evaluated at every checkpoint.")
 @click.option("--zoom", "min_zoom", type=click.FloatRange(0.1, 1), default=1.0, show_default=True,
               help="Cut crops at a random zoom-out in [ZOOM, 1] (1: crops of photos resized to about the crop).")

@@ -7,3 +7,7 @@ the CLI reads them before torch is loaded)."""
 DEFAULT_TILE = 256
 # the colorizer's working resolution (long side)
 DEFAULT_RENDER = 256
+# `imgrestore train colorize` (the shipped colorizer's settings; the library's
+# make_task uses the same): rebalancing lambda (1 = none), weight of the
+# foreground term, fraction of the files held out
+TRAIN_COLORIZE = {"rebalance": 1.0, "fg_weight": 0.25, "holdout": 0.05}

@@ -236,6 +236,10 @@ def glca_scores(model: nn.Module, spec: Spec, batches: Callable[[int], tuple],
 # ---------------------------------------------------------------------------- pruning
 
 ROUND_TO = 8
+# fine-tuning of pruned upscalers (x4, 500 steps, CSet14, widths 24/16/24/16/24:
+# batch 16 of 48x48 distilled at 5e-4 and batch 32 of 64x64 at 1e-3 half
+# distilled, half from the HR crop: see weights/MODEL_CARD.md)
+TUNE_BATCH, TUNE_PATCH, TUNE_LR = 32, 64, 1e-3
 
 
 def kept_count(size: int, keep_fraction: float, round_to: int = ROUND_TO) -> int:
@@ -456,13 +460,24 @@ def keep_for_ratio(model: nn.Module, spec_fn: Callable, ratio: float, round_to: 
 class PruneData:
     """Calibration data of one task: a batch sampler, the compensation batch,
     held-out batches for quality, the task loss for fitting gates and a
-    quality measure (PSNR, dB)."""
+    quality measure (PSNR, dB); and how to fine-tune: a batch sampler, the
+    loss given the pruned and the unpruned (teacher) model, a learning rate."""
 
     batches: Callable[[int], tuple]
     calib: torch.Tensor
     held: tuple
     loss: Callable[[nn.Module, tuple], torch.Tensor]
     quality: Callable[[nn.Module, tuple], float]
+    tune_batches: Callable[[int], tuple]
+    tune_loss: Callable[[nn.Module, nn.Module, tuple], torch.Tensor]
+    tune_lr: float
+    tune_note: str
+
+
+def _distill(net: nn.Module, teacher: nn.Module, b: tuple) -> torch.Tensor:
+    with torch.no_grad():
+        want = teacher(b[0])
+    return F.l1_loss(net(b[0]), want)
 
 
 def sr_data(data: list[str], scale: int, seed: int) -> PruneData:
@@ -478,8 +493,22 @@ def sr_data(data: list[str], scale: int, seed: int) -> PruneData:
         with torch.no_grad():
             return psnr_db(net(b[0]), b[1])
 
+    # fine-tuning sees more pixels per step (TUNE_BATCH x TUNE_PATCH^2) and
+    # learns from the HR crop as much as from the unpruned model
+    big = [a for a in images if min(a.shape[:2]) >= TUNE_PATCH * scale]
+    tune_pairs = SRPairs(big, scale, TUNE_PATCH, seed=seed + 2) if big else SRPairs(images, scale, 48, seed=seed + 2)
+
+    def tune_loss(net, teacher, b):
+        y = net(b[0])
+        with torch.no_grad():
+            want = teacher(b[0])
+        return 0.5 * F.l1_loss(y, want) + 0.5 * F.l1_loss(y, b[1])
+
     return PruneData(checkpoint_sampler(pairs, 16, seed), pairs.batch(32)[0], held,
-                     lambda net, b: F.l1_loss(net(b[0]), b[1]), quality)
+                     lambda net, b: F.l1_loss(net(b[0]), b[1]), quality,
+                     checkpoint_sampler(tune_pairs, TUNE_BATCH, seed), tune_loss, TUNE_LR,
+                     f"L1 to the unpruned model's output + L1 to the HR crop (half each), batch {TUNE_BATCH} "
+                     f"of {TUNE_PATCH}x{TUNE_PATCH} LR crops, Adam {TUNE_LR:g} cosine")
 
 
 def color_data(data: list[str], seed: int, crop: int = 128) -> PruneData:
@@ -507,7 +536,9 @@ def color_data(data: list[str], seed: int, crop: int = 128) -> PruneData:
 
     # 48 crops: the refit of a 1x1 layer on 16 overfits them (fidelity to the
     # unpruned model 43.6 dB on them, 32.5 on held-out crops)
-    return PruneData(checkpoint_sampler(batches_, 12, seed), batches_.batch(48)[0], held_, loss, quality)
+    return PruneData(checkpoint_sampler(batches_, 12, seed), batches_.batch(48)[0], held_, loss, quality,
+                     checkpoint_sampler(batches_, 12, seed + 3), _distill, 5e-4,
+                     "L1 to the unpruned model's a*b*, batch 12 of 128x128 crops, Adam 5e-4 cosine")
 
 
 def _speeds(models: list[nn.Module], x: torch.Tensor, rounds: int = 7) -> list[float]:
@@ -598,23 +629,17 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
         teacher = base.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-
-        def distill(net, b):
-            with torch.no_grad():
-                want = teacher(b[0])
-            return F.l1_loss(net(b[0]), want)
-
         task = TrainTask(arch=wf.arch, task=wf.task, scale=wf.scale, model=pruned, config=pruned.config(),
-                         batch=pd.batches, loss=distill)
+                         batch=pd.tune_batches, loss=lambda net, b: pd.tune_loss(net, teacher, b))
         tmp = out.with_name(out.name + ".finetune") if out else None
         try:
-            train(task, TrainOptions(steps=steps, out=tmp, lr=5e-4, warmup=0, save_every=10**9,
+            train(task, TrainOptions(steps=steps, out=tmp, lr=pd.tune_lr, warmup=0, save_every=10**9,
                                      log=log, resume=False))
         finally:
             for p in (tmp, tmp.with_name(tmp.name + ".state")) if tmp else ():
                 p.unlink(missing_ok=True)
         pruned.eval()
-        row(f"{name} + {steps} distillation steps", pruned)
+        row(f"{name} + {steps} fine-tuning steps", pruned)
     for r, sec in zip(report["rows"], _speeds(timed, x)):
         r["seconds_256"] = round(sec, 4)
     if out is not None:
@@ -623,7 +648,7 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
         prov["pruned"] = {"from": str(wf.path.name), "ratio": ratio, "keep_fraction": round(keep, 4),
                           "round_to": round_to,
                           "criterion": criterion, "compensate": compensate, "finetune_steps": steps,
-                          "finetune": "L1 distillation from the unpruned model" if steps else None,
+                          "finetune": pd.tune_note if steps else None,
                           "data": [str(d) for d in (data or [])], "report": report["rows"]}
         weights.save(out, pruned.state_dict(), arch=wf.arch, config=pruned.config(), task=wf.task,
                      scale=wf.scale, provenance=prov)
