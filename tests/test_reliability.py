@@ -46,7 +46,9 @@ def _batch(folder: Path, n: int, side: int = 48) -> Path:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
 def test_interrupt_then_resume(tiny_x2, tmp_path, sig):
-    src = _batch(tmp_path / "in", 200, side=128)
+    # enough work that the batch cannot finish between the first output and
+    # the signal (200 images of 128 once did on an idle machine)
+    src = _batch(tmp_path / "in", 300, side=192)
     before = tree_digest(src)
     out = tmp_path / "out"
     proc = subprocess.Popen(_cmd(tiny_x2, src, "-o", out, "-q"), env=_env(),
@@ -58,13 +60,13 @@ def test_interrupt_then_resume(tiny_x2, tmp_path, sig):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err  # stopped mid-batch
     first = _valid_outputs(out)
-    assert 0 < len(first) < 200
+    assert 0 < len(first) < 300
     rerun = subprocess.run(_cmd(tiny_x2, src, "-o", out, "--json"), env=_env(),
                            capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     statuses = [json.loads(line)["status"] for line in rerun.stdout.splitlines()]
     assert statuses.count("skipped") == len(first)  # finished outputs are not redone
-    assert len(_valid_outputs(out)) == 200
+    assert len(_valid_outputs(out)) == 300
     assert tree_digest(src) == before
 
 
