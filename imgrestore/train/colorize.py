@@ -12,9 +12,10 @@ PSNR rewards), "log-l2" (the mean over images of the log of each image's
 squared error: the benchmark averages PSNR, a log, over images, and a tint
 costs a near-gray photo 6 to 11 dB where a colourful one gains 2) or
 "smooth-l1" (closer to the conditional median: bolder and more often wrong;
-our first shipped model used it and scored best when its chroma was halved). A hold-out slice of the training files (`holdout`, chosen
-by the CRC32 of the file name) is never trained on and is evaluated at every
-checkpoint, so settings are chosen without looking at the validation sets.
+our first shipped model used it and scored best when its chroma was halved).
+A hold-out slice of the training files (`holdout`, chosen by the CRC32 of
+the file name) is never trained on and is evaluated at every checkpoint, so
+settings are chosen without looking at the validation sets.
 
 * Rebalancing (against the brown/sepia average): every pixel's loss is
   weighted by the rarity of its true colour, w(ab) = 1 / ((1 - lam) p(ab) +
@@ -57,8 +58,6 @@ FG_CHROMA = 15.0  # a*b* distance from the mean chroma that marks foreground
 # weight of 0.5. Against plain L2 on the hold-out slice, lam 0.9 lost 0.5 dB
 # (step 2000), so the defaults (the shipped model's, also the CLI's, in
 # imgrestore.defaults) are no rebalancing and a foreground weight of 0.25.
-FG_WEIGHT = TRAIN_COLORIZE["fg_weight"]
-REBALANCE_LAMBDA = TRAIN_COLORIZE["rebalance"]
 CLS_WEIGHT = 0.003
 LOSSES = ("l2", "log-l2", "smooth-l1")
 # log-l2: per-image log of the (x10, normalized) squared error; the floor is
@@ -166,7 +165,7 @@ def split_holdout(files: list[Path], fraction: float) -> tuple[list[Path], list[
 
 def make_task(data: list[str], *, width: int = 32, crop: int = 128, batch: int = 32,
               val: list[str] | None = None, seed: int = 0, loss_kind: str = "l2",
-              rebalance: float = REBALANCE_LAMBDA, fg_weight: float = FG_WEIGHT,
+              rebalance: float = TRAIN_COLORIZE["rebalance"], fg_weight: float = TRAIN_COLORIZE["fg_weight"],
               holdout: float = TRAIN_COLORIZE["holdout"],
               min_zoom: float = 1.0, init: Path | None = None, log=print) -> TrainTask:
     from ..bench import eval_colorize
