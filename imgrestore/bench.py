@@ -220,7 +220,7 @@ class ColorResult:
 
 
 def eval_colorize(model, folder: str | Path | list[Path], render_size: int | None = None,
-                  limit: int | None = None) -> ColorResult:
+                  limit: int | None = None, saturation: float = 1.0) -> ColorResult:
     """The model sees only the luminance of each original colour image; PSNR
     (RGB) and colourfulness of its output against the original, next to the
     gray image (same L, no chroma) from the same run."""
@@ -239,7 +239,7 @@ def eval_colorize(model, folder: str | Path | list[Path], render_size: int | Non
         if is_gray(rgb):
             continue  # nothing to compare colours against
         t = time.perf_counter()
-        out = colorize_pixels(model, rgb, render_size or DEFAULT_RENDER)
+        out = colorize_pixels(model, rgb, render_size or DEFAULT_RENDER, saturation=saturation)
         sec = time.perf_counter() - t
         # the gray baseline: the same L with a = b = 0
         l = pixels_to_l(rgb)
@@ -259,7 +259,8 @@ def bench_colorize(restorer, folders: list[str], threads: int, speed: bool = Tru
     from .registry import count_params
     from .restorer import colorize_pixels
 
-    quality = {Path(f).name: eval_colorize(restorer.model, f, restorer.render_size).summary() for f in folders}
+    quality = {Path(f).name: eval_colorize(restorer.model, f, restorer.render_size,
+                                           saturation=restorer.saturation).summary() for f in folders}
     rows = []
     if speed:
         rng = np.random.default_rng(0)
@@ -278,5 +279,5 @@ def bench_colorize(restorer, folders: list[str], threads: int, speed: bool = Tru
             rows.append({"test": f"{side}x{side} ({mp:.0f} MP)", "method": "Pillow gray->RGB (reference)",
                          "seconds": ref, "mp_per_s": mp / ref})
     return {"model": restorer.name, "params": count_params(restorer.model), "threads": threads,
-            "render_size": restorer.render_size, "torch": torch.__version__, "quality": quality,
+            "render_size": restorer.render_size, "saturation": restorer.saturation, "torch": torch.__version__, "quality": quality,
             "speed": rows}

@@ -256,10 +256,12 @@ def pixels_to_l(px: np.ndarray) -> torch.Tensor:
 
 
 def colorize_pixels(model, px: np.ndarray, render_size: int = DEFAULT_RENDER,
-                    reference_l: torch.Tensor | None = None, band_rows: int = 256) -> np.ndarray:
+                    reference_l: torch.Tensor | None = None, band_rows: int = 256,
+                    saturation: float = 1.0) -> np.ndarray:
     """(H, W, 1|3) uint8/uint16 -> (H, W, 3) same dtype: the photo's own
     full-resolution L joined to a*b* predicted at the working resolution and
-    upsampled; the network's cost does not depend on the photo's size."""
+    upsampled; the network's cost does not depend on the photo's size.
+    `saturation` scales the predicted a*b* (0: gray; the hue is kept)."""
     from .color import lab_to_rgb
 
     h, w = px.shape[:2]
@@ -269,6 +271,8 @@ def colorize_pixels(model, px: np.ndarray, render_size: int = DEFAULT_RENDER,
     l_small = F.interpolate(l_full, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
     with torch.inference_mode():
         ab = model(l_small, global_from=reference_l)[0]  # (2, rh/2, rw/2)
+    if saturation != 1.0:
+        ab = ab * saturation
     ry, rx = bilinear_matrix(h, ab.shape[1]), bilinear_matrix(w, ab.shape[2])
     abx = torch.einsum("chw,Xw->chX", ab, rx)  # columns first: (2, rh/2, W)
     out = np.empty((h, w, 3), dtype=px.dtype)
@@ -289,6 +293,7 @@ class ColorizeRestorer(Restorer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.render_size = DEFAULT_RENDER
+        self.saturation = 1.0  # scale of the predicted a*b*
         self.reference_l: torch.Tensor | None = None
 
     def set_reference(self, pic: Picture | None) -> None:
@@ -301,7 +306,8 @@ class ColorizeRestorer(Restorer):
                                          antialias=True)
 
     def restore_picture(self, pic: Picture, tile=None, overlap=None, on_tile=None) -> Picture:
-        out = colorize_pixels(self.model, pic.pixels, self.render_size, self.reference_l)
+        out = colorize_pixels(self.model, pic.pixels, self.render_size, self.reference_l,
+                              saturation=self.saturation)
         if on_tile:
             on_tile(1, 1)
         return Picture(out, pic.alpha, pic.exif, pic.icc, pic.format, list(pic.notes))

@@ -102,3 +102,23 @@ def test_cli_colorize(cli, tiny_color, tmp_path):
     assert code == 0, err
     code, _, err = cli("colorize", "--model", tiny_color, d / "old.jpg", "--reference", d / "broken.png")
     assert code == 2 and "broken.png" in err
+
+
+def test_saturation_scales_colours(tiny_color, cli, tmp_path):
+    r = load(tiny_color, device="cpu")
+    px = np.asarray(noise_image(32, 32))
+
+    def cf(a):
+        return float(colorfulness(torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255)[0])
+
+    # (the random model's colours are far out of gamut: doubling them is
+    # mostly undone by the gamut mapping, so compare downwards)
+    quarter, one = (colorize_pixels(r.model, px, 64, saturation=s) for s in (0.25, 1.0))
+    assert cf(one) > cf(quarter) > 0
+    noise_image(20, 30).save(tmp_path / "c.png")
+    code, _, err = cli("colorize", "--model", tiny_color, tmp_path / "c.png", "-o", tmp_path / "g.png",
+                       "--saturation", 0)
+    assert code == 0, err
+    with Image.open(tmp_path / "g.png") as im:
+        g = np.asarray(im.convert("RGB")).astype(int)
+    assert np.abs(g - g[..., :1]).max() <= 1  # a*b* = 0: the gray image
