@@ -129,24 +129,6 @@ def ecbsr_spec(model) -> Spec:
     return Spec(groups, set_widths)
 
 
-@torch.no_grad()
-def ecbsr_branched(net: nn.Module, seed: int = 0) -> nn.Module:
-    """A folded (pruned) ECBSR -> the same function in the branched training
-    form: every branch gets a fresh initialization and the plain 3x3 branch
-    takes the difference, so the fold is the pruned kernel exactly. Fine-
-    tuning then sees the over-parameterized form the model was trained in."""
-    from .models.sr import ECBSR
-
-    torch.manual_seed(seed)
-    m = ECBSR(**(net.config() | {"deploy": False}))
-    for ecb, conv in zip(m.layers, net.layers):
-        k, b = ecb.folded()
-        ecb.conv3.weight += conv.weight - k
-        ecb.conv3.bias += conv.bias - b
-    m.acts.load_state_dict(net.acts.state_dict())
-    return m
-
-
 def colornet_spec(model) -> Spec:
     def sep(block):  # SepBlock: dw on the stream, pw reads and writes it
         return dict(outs=[block.pw], ins=[(block.pw, 0)], dws=[block.dw], gates=[block.pw])

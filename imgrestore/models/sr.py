@@ -34,8 +34,7 @@ class ECBSRConfig:
     blocks: int = 4  # body ECBs between head and tail
     mid_mult: float = 2.0  # width of the 1x1->3x3 branch relative to the output
     deploy: bool = False  # True: built from plain convs (folded or pruned)
-    # per-layer output widths of head + body (len blocks + 1); set by pruning
-    # (a pruned model is fine-tuned in the branched form, then folded)
+    # per-layer output widths of head + body (len blocks + 1); set by pruning.
     widths: list[int] | None = field(default=None)
 
     def layer_widths(self) -> list[int]:
@@ -46,6 +45,8 @@ class ECBSR(nn.Module):
     def __init__(self, **kwargs):
         super().__init__()
         cfg = ECBSRConfig(**kwargs)
+        if cfg.widths is not None and not cfg.deploy:
+            raise ValueError("per-layer widths exist only for the folded (deploy) form")
         if len(cfg.layer_widths()) != cfg.blocks + 1:
             raise ValueError(f"widths must have {cfg.blocks + 1} entries")
         self.cfg = cfg
