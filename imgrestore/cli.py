@@ -268,9 +268,10 @@ def colorize(reference, render_size, saturation, inputs, output, recursive, mode
 @click.option("--criterion", type=click.Choice(["glca", "l1"]), default="glca", show_default=True)
 @click.option("--compensate/--no-compensate", default=True, show_default=True,
               help="Refit the next layer so kept channels absorb the removed ones.")
-@click.option("--round-to", type=click.IntRange(1), default=8, show_default=True,
-              help="Groups of at least twice this many channels keep a multiple of it (CPU kernels vectorize "
-                   "by 8; 1: exact ratio).")
+@click.option("--round-to", type=click.IntRange(1), default=None,
+              help="Groups of at least twice this many channels keep a multiple of it (1: exact ratio). "
+                   "Default: the architecture's, 16 for the upscalers' 3x3 convolutions, 8 for the colorizer: "
+                   "CPU kernels run odd widths little faster.")
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)

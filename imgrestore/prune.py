@@ -37,10 +37,12 @@ activations that live on it, and `gates`: the layers whose outputs write it.
    importance is its mean gate. Then the modules are removed.
    (`criterion="l1"`: importance is the L1 norm of the weights that write the
    channel, the classic baseline.)
-2. Remove the lowest-importance channels of every group, the same fraction
-   everywhere, chosen so that the parameter count falls by at least `ratio`;
-   wide groups keep a multiple of 8 channels (`round_to`), which the CPU
-   kernels vectorize: an odd width saves parameters but little time.
+2. Remove the lowest-importance channels of every group so that the
+   parameter count falls by at least `ratio` (`plan_widths`: the same
+   fraction everywhere, then the budget the rounding left is filled); wide
+   groups keep a multiple of 8 channels (16 for ECBSR: `Spec.round_to`),
+   which the CPU kernels vectorize: an odd width saves parameters but
+   little time.
 3. Compensate. In execution order, every dense layer that reads a pruned
    group is refitted by ridge regression so that, fed with the *pruned*
    network's activations, it reproduces the *unpruned* network's outputs on
@@ -116,6 +118,8 @@ class Group:
 class Spec:
     groups: list[Group]
     set_widths: Callable[[dict[str, int]], None]  # record pruned widths in the model's config
+    # wide groups keep a multiple of this many channels (see kept_count)
+    round_to: int = 8
 
 
 def ecbsr_spec(model) -> Spec:
@@ -126,7 +130,11 @@ def ecbsr_spec(model) -> Spec:
 
     def set_widths(w):
         model.cfg.widths = [w[g.name] for g in groups]
-    return Spec(groups, set_widths)
+    # dense 3x3 convolutions run well at multiples of 16 channels only (x4 at
+    # 256x256, 2 threads, against 32 everywhere: 24 everywhere 1.09-1.23x
+    # faster, 16 1.68-1.97x; 32/16/24/24/16 1.46-1.64x, 32/16/32/16/16
+    # 1.56-1.82x for 2 % fewer parameters)
+    return Spec(groups, set_widths, round_to=16)
 
 
 def colornet_spec(model) -> Spec:
@@ -236,7 +244,6 @@ def glca_scores(model: nn.Module, spec: Spec, batches: Callable[[int], tuple],
 
 # ---------------------------------------------------------------------------- pruning
 
-ROUND_TO = 8
 # fine-tuning of pruned upscalers: batch of LR crops, their side, Adam lr.
 # On the x4 cut to 16 channels, 500 steps, CSet14: 27.29 dB with these (half
 # the loss from the HR crop) against 27.20 with batch 16 of 48x48 distilled
@@ -244,11 +251,12 @@ ROUND_TO = 8
 TUNE_BATCH, TUNE_PATCH, TUNE_LR = 32, 64, 1e-3
 
 
-def kept_count(size: int, keep_fraction: float, round_to: int = ROUND_TO) -> int:
+def kept_count(size: int, keep_fraction: float, round_to: int) -> int:
     """Channels kept of a group of `size`. Groups of at least 2 x round_to
     keep a multiple of round_to: CPU kernels vectorize by 8 channels, and an
     odd width costs speed for nothing (x4 at 256x256, 2 threads: 32 channels
-    28.3 ms, 21 channels 21.5 ms, 16 channels 14.2 ms)."""
+    28.3 ms, 21 channels 21.5 ms, 16 channels 14.2 ms). The architecture's
+    Spec says which multiple (8, or 16 for ECBSR's dense 3x3 convolutions)."""
     n = max(1, int(round(size * keep_fraction)))
     if round_to > 1 and size >= 2 * round_to:
         n = max(round_to, n // round_to * round_to)
@@ -450,21 +458,23 @@ FILL_MACS_PER_PARAM = 1.1
 
 
 def plan_widths(model: nn.Module, spec_fn: Callable, ratio: float, x: torch.Tensor,
-                round_to: int = ROUND_TO) -> list[int]:
+                round_to: int | None = None) -> list[int]:
     """Channels to keep in every group so that the parameter count falls by
     at least `ratio`, and by not much more.
 
     First the largest common fraction of every group (bisection), rounded
-    down to multiples of `round_to`. The rounding can remove far more than
-    asked (x4 at ratio 0.5: 32 -> 16 channels everywhere, 68 % of the
-    parameters), so the budget left is filled `round_to` channels at a
-    time, in the group that keeps the smallest fraction of its channels
+    down to multiples of `round_to` (None: the architecture's). The rounding
+    can remove far more than asked (x4 at ratio 0.5: 32 -> 16 channels
+    everywhere, 68 % of the parameters), so the budget left is filled
+    `round_to` channels at a time (x4: 32/16/32/16/16, 53 %), in the group that keeps the smallest fraction of its channels
     (the fewest MACs among equals), among the steps that still fit and
     cost no more compute per parameter than the model does on average
     (`x` is the input MACs are counted on): the colorizer then gets its
     global path back (pooled, cheap) and not its half-resolution stream,
     so the speed-up stays what the parameter cut promises."""
-    sizes = [g.size for g in spec_fn(copy.deepcopy(model)).groups]
+    spec = spec_fn(copy.deepcopy(model))
+    sizes = [g.size for g in spec.groups]
+    round_to = round_to or spec.round_to
     params0, macs0 = count_params(model), count_macs(model, x)
     budget = (1 - ratio) * params0
     lo, hi = 0.0, 1.0
@@ -598,7 +608,7 @@ def _speeds(models: list[nn.Module], x: torch.Tensor, rounds: int = 7) -> list[f
 # ---------------------------------------------------------------------------- orchestration
 
 def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca",
-                compensate: bool = True, steps: int = 0, out=None, seed: int = 0, round_to: int = ROUND_TO,
+                compensate: bool = True, steps: int = 0, out=None, seed: int = 0, round_to: int | None = None,
                 log=print) -> dict:
     """Prune the model in weights file `wf` so that its parameter count falls
     by `ratio`; write `out`; return a report with before/after parameters,
@@ -622,6 +632,7 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
     # the speed input (MACs are counted on it too): a 256x256 RGB image for
     # an upscaler, L in [0, 100] for the colorizer
     x = torch.rand(1, 3, 256, 256) if wf.task == "upscale" else torch.rand(1, 1, 256, 256) * 100
+    round_to = round_to or spec_fn(copy.deepcopy(base)).round_to
     counts = plan_widths(base, spec_fn, ratio, x, round_to)
     keep = sum(counts) / sum(g.size for g in spec_fn(copy.deepcopy(base)).groups)
 
