@@ -466,12 +466,13 @@ def plan_widths(model: nn.Module, spec_fn: Callable, ratio: float, x: torch.Tens
     down to multiples of `round_to` (None: the architecture's). The rounding
     can remove far more than asked (x4 at ratio 0.5: 32 -> 16 channels
     everywhere, 68 % of the parameters), so the budget left is filled
-    `round_to` channels at a time (x4: 32/16/32/16/16, 53 %), in the group that keeps the smallest fraction of its channels
-    (the fewest MACs among equals), among the steps that still fit and
-    cost no more compute per parameter than the model does on average
-    (`x` is the input MACs are counted on): the colorizer then gets its
-    global path back (pooled, cheap) and not its half-resolution stream,
-    so the speed-up stays what the parameter cut promises."""
+    `round_to` channels at a time (x4: 32/16/32/16/16, 53 %), in the group
+    that keeps the smallest fraction of its channels (the fewest MACs among
+    equals), among the steps that still fit and cost no more compute per
+    parameter than the model does on average (`x` is the input MACs are
+    counted on): the colorizer then gets its global path back (pooled,
+    cheap) and not its half-resolution stream, so the speed-up stays what
+    the parameter cut promises."""
     spec = spec_fn(copy.deepcopy(model))
     sizes = [g.size for g in spec.groups]
     round_to = round_to or spec.round_to
@@ -632,9 +633,10 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
     # the speed input (MACs are counted on it too): a 256x256 RGB image for
     # an upscaler, L in [0, 100] for the colorizer
     x = torch.rand(1, 3, 256, 256) if wf.task == "upscale" else torch.rand(1, 1, 256, 256) * 100
-    round_to = round_to or spec_fn(copy.deepcopy(base)).round_to
+    spec0 = spec_fn(copy.deepcopy(base))
+    round_to = round_to or spec0.round_to
     counts = plan_widths(base, spec_fn, ratio, x, round_to)
-    keep = sum(counts) / sum(g.size for g in spec_fn(copy.deepcopy(base)).groups)
+    keep = sum(counts) / sum(g.size for g in spec0.groups)  # fraction of all channels kept
 
     def prune_copy(crit: str, comp: bool):
         net = copy.deepcopy(base)
