@@ -269,7 +269,8 @@ def bench_colorize(restorer, folders: list[str], threads: int, speed: bool = Tru
             if folders:
                 with Image.open(list_images([folders[0]])[0]) as im:
                     img = np.asarray(im.convert("RGB").resize((side, side), Image.BICUBIC))
-            sec = time_call(lambda: colorize_pixels(restorer.model, img, restorer.render_size),
+            sec = time_call(lambda: colorize_pixels(restorer.model, img, restorer.render_size,
+                                                    saturation=restorer.saturation),
                             repeat=2 if side > 2000 else 3)
             ref = time_call(lambda: np.asarray(Image.fromarray(img).convert("L").convert("RGB")),
                             repeat=2 if side > 2000 else 3)

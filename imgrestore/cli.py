@@ -259,8 +259,8 @@ def colorize(reference, render_size, saturation, inputs, output, recursive, mode
 @cli.command()
 @click.argument("model")
 @click.option("--ratio", type=click.FloatRange(0.0, 0.95), required=True,
-              help="Fraction of the parameters to remove, at least (the same fraction of channels goes from "
-                   "every prunable layer).")
+              help="Fraction of the parameters to remove, at least (the same fraction of channels from every "
+                   "prunable layer, then the budget the rounding left is given back to the thinnest layers).")
 @click.option("--data", "data", multiple=True, type=click.Path(exists=True),
               help="Calibration images (pairs of the model's own task are made from them).")
 @click.option("--steps", type=click.IntRange(0), default=0, show_default=True,
@@ -271,7 +271,7 @@ def colorize(reference, render_size, saturation, inputs, output, recursive, mode
 @click.option("--round-to", type=click.IntRange(1), default=None,
               help="Groups of at least twice this many channels keep a multiple of it (1: exact ratio). "
                    "Default: the architecture's, 16 for the upscalers' 3x3 convolutions, 8 for the colorizer: "
-                   "CPU kernels run odd widths little faster.")
+                   "CPU kernels run other widths little faster.")
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
@@ -306,7 +306,7 @@ def prune(model, ratio, data, steps, criterion, compensate, round_to, threads, a
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"prune {model} --ratio {ratio}: keep {report['keep_fraction']:.0%} of the channels "
+    t = Table(title=f"prune {model} --ratio {ratio}: keep {report['channels_kept']:.0%} of the channels "
                     f"(widths {report['widths']}, torch threads {threads})")
     for c in ("model", "params", "GMACs (256x256 in)", "s per 256x256", "speed-up", "PSNR calib (dB)",
               "PSNR vs unpruned"):
@@ -412,7 +412,8 @@ def bench_upscale(scale, model, threads, size, speed, as_json, folders):
 @bench.command("colorize")
 @click.option("--model", default="colorize", show_default=True, help="Model name or path.")
 @click.option("--render-size", type=click.IntRange(32, 2048), default=DEFAULT_RENDER, show_default=True)
-@click.option("--saturation", type=click.FloatRange(0.0, 4.0), default=1.0, show_default=True)
+@click.option("--saturation", type=click.FloatRange(0.0, 4.0), default=1.0, show_default=True,
+              help="Scale of the predicted colours, as in colorize.")
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--speed/--no-speed", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True)

@@ -118,7 +118,7 @@ class Group:
 class Spec:
     groups: list[Group]
     set_widths: Callable[[dict[str, int]], None]  # record pruned widths in the model's config
-    # wide groups keep a multiple of this many channels (see kept_count)
+    # wide groups keep a multiple of this many channels (see width_step)
     round_to: int = 8
 
 
@@ -251,15 +251,25 @@ def glca_scores(model: nn.Module, spec: Spec, batches: Callable[[int], tuple],
 TUNE_BATCH, TUNE_PATCH, TUNE_LR = 32, 64, 1e-3
 
 
+def width_step(size: int, round_to: int) -> int:
+    """The multiple a group of `size` channels keeps: `round_to`, halved
+    until the group holds at least two of it (a 24-channel group keeps
+    multiples of 8 under a multiple of 16); under 8, none (1). CPU kernels
+    vectorize by 8 channels, and an odd width costs speed for nothing (x4 at
+    256x256, 2 threads: 32 channels 28.3 ms, 21 channels 21.5 ms, 16
+    channels 14.2 ms). The architecture's Spec says which multiple (8, or
+    16 for ECBSR's dense 3x3 convolutions)."""
+    while round_to > 1 and size < 2 * round_to:
+        round_to //= 2
+    return round_to if round_to >= 8 else 1
+
+
 def kept_count(size: int, keep_fraction: float, round_to: int) -> int:
-    """Channels kept of a group of `size`. Groups of at least 2 x round_to
-    keep a multiple of round_to: CPU kernels vectorize by 8 channels, and an
-    odd width costs speed for nothing (x4 at 256x256, 2 threads: 32 channels
-    28.3 ms, 21 channels 21.5 ms, 16 channels 14.2 ms). The architecture's
-    Spec says which multiple (8, or 16 for ECBSR's dense 3x3 convolutions)."""
+    """Channels kept of a group of `size`: a multiple of its width_step."""
     n = max(1, int(round(size * keep_fraction)))
-    if round_to > 1 and size >= 2 * round_to:
-        n = max(round_to, n // round_to * round_to)
+    step = width_step(size, round_to)
+    if step > 1:
+        n = max(step, n // step * step)
     return n
 
 
@@ -463,29 +473,36 @@ def plan_widths(model: nn.Module, spec_fn: Callable, ratio: float, x: torch.Tens
     at least `ratio`, and by not much more.
 
     First the largest common fraction of every group (bisection), rounded
-    down to multiples of `round_to` (None: the architecture's). The rounding
-    can remove far more than asked (x4 at ratio 0.5: 32 -> 16 channels
-    everywhere, 68 % of the parameters), so the budget left is filled
-    `round_to` channels at a time (x4: 32/16/32/16/16, 53 %), in the group
-    that keeps the smallest fraction of its channels (the fewest MACs among
-    equals), among the steps that still fit and cost no more compute per
-    parameter than the model does on average (`x` is the input MACs are
-    counted on): the colorizer then gets its global path back (pooled,
-    cheap) and not its half-resolution stream, so the speed-up stays what
-    the parameter cut promises."""
+    down to multiples of `round_to` (None: the architecture's; see
+    width_step). The rounding can remove far more than asked (x4 at ratio
+    0.5: 32 -> 16 channels everywhere, 68 % of the parameters), so the
+    budget left is filled one step at a time (x4: 32/16/32/16/16, 53 %), in
+    the group that keeps the smallest fraction of its channels (the fewest
+    MACs among equals), among the steps that still fit and cost no more
+    compute per parameter than the model does on average (`x` is the input
+    MACs are counted on): the colorizer then gets its global path back
+    (pooled, cheap) and not its half-resolution stream, so the speed-up
+    stays what the parameter cut promises. Steps of half a layer still
+    overshoot small ratios (x4 at 0.3 removes 40 %). Where even the
+    narrowest widths at this multiple keep too many parameters, the
+    multiple is halved until the ratio is reached."""
     spec = spec_fn(copy.deepcopy(model))
     sizes = [g.size for g in spec.groups]
     round_to = round_to or spec.round_to
     params0, macs0 = count_params(model), count_macs(model, x)
     budget = (1 - ratio) * params0
+    if round_to > 1 and _cost_with(model, spec_fn, [kept_count(n, 0.0, round_to) for n in sizes], x)[0] > budget:
+        return plan_widths(model, spec_fn, ratio, x, round_to // 2)
     lo, hi = 0.0, 1.0
     for _ in range(14):
         mid = (lo + hi) / 2
         counts = [kept_count(n, mid, round_to) for n in sizes]
         lo, hi = (lo, mid) if _cost_with(model, spec_fn, counts, x)[0] > budget else (mid, hi)
     counts = [kept_count(n, lo, round_to) for n in sizes]
-    steps = [round_to if round_to > 1 and n >= 2 * round_to else 1 for n in sizes]
+    steps = [width_step(n, round_to) for n in sizes]
     open_ = {i for i, n in enumerate(sizes) if counts[i] + steps[i] <= n}
+    # greedy: a group once out of the running (over the budget, or too dear
+    # in compute next to its neighbours' widths then) is not asked again
     while open_:
         p, m = _cost_with(model, spec_fn, counts, x)
         trials = {i: _cost_with(model, spec_fn, counts[:i] + [counts[i] + steps[i]] + counts[i + 1:], x)
@@ -636,7 +653,7 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
     spec0 = spec_fn(copy.deepcopy(base))
     round_to = round_to or spec0.round_to
     counts = plan_widths(base, spec_fn, ratio, x, round_to)
-    keep = sum(counts) / sum(g.size for g in spec0.groups)  # fraction of all channels kept
+    kept = sum(counts) / sum(g.size for g in spec0.groups)  # fraction of all channels kept
 
     def prune_copy(crit: str, comp: bool):
         net = copy.deepcopy(base)
@@ -650,7 +667,7 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
             p.requires_grad_(True)
         return net.eval()
 
-    report = {"ratio": ratio, "keep_fraction": round(keep, 4), "round_to": round_to, "criterion": criterion,
+    report = {"ratio": ratio, "channels_kept": round(kept, 4), "round_to": round_to, "criterion": criterion,
               "compensate": compensate, "steps": steps, "rows": []}
 
     if pd:
@@ -694,7 +711,7 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
     if out is not None:
         prov = dict(wf.provenance)
         prov.pop("metrics", None)  # measured on the unpruned model
-        prov["pruned"] = {"from": str(wf.path.name), "ratio": ratio, "keep_fraction": round(keep, 4),
+        prov["pruned"] = {"from": str(wf.path.name), "ratio": ratio, "channels_kept": round(kept, 4),
                           "round_to": round_to,
                           "criterion": criterion, "compensate": compensate, "finetune_steps": steps,
                           "finetune": pd.tune_note if steps else None,

@@ -155,3 +155,26 @@ def test_prune_needs_data(cli, tiny_color, tmp_path):
     assert code == 2 and "--data" in err
     code, _, err = cli("prune", tiny_color, "--ratio", "0.5", "-o", tmp_path / "c.safetensors")
     assert code == 2 and "--data" in err
+
+
+def test_planner_colorizer_and_unreachable_ratios():
+    # the colorizer: multiples of 8, within the budget, not far under it
+    model = FusionColorNet(width=16, global_size=32, global_dim=64, classes=3, mid_blocks=1).eval()
+    spec_fn = SPECS["fusion-colornet"]
+    before = registry.count_params(model)
+    counts = plan_widths(model, spec_fn, 0.5, torch.rand(1, 1, 64, 64) * 100)
+    sizes = [g.size for g in spec_fn(copy.deepcopy(model)).groups]
+    assert all(n % 8 == 0 for n, s in zip(counts, sizes) if s >= 16)
+    spec = spec_fn(model)
+    prune(model, spec, keep_indices(l1_scores(spec), counts), compensate=False)
+    assert 0.4 * before < registry.count_params(model) <= 0.5 * before
+    # a ratio that 16-channel steps cannot reach halves the multiple instead of
+    # falling short; a 24-channel layer keeps multiples of 8, not odd widths
+    sr = ECBSR(scale=2, channels=32, blocks=2).reparameterize()
+    before = registry.count_params(sr)
+    counts = plan_widths(sr, SPECS["ecbsr"], 0.8, torch.rand(1, 3, 16, 16))
+    spec = SPECS["ecbsr"](sr)
+    prune(sr, spec, keep_indices(l1_scores(spec), counts), compensate=False)
+    assert registry.count_params(sr) <= 0.2 * before
+    narrow = ECBSR(scale=2, channels=24, blocks=2).reparameterize()
+    assert all(n % 8 == 0 for n in plan_widths(narrow, SPECS["ecbsr"], 0.5, torch.rand(1, 3, 16, 16)))
