@@ -280,5 +280,5 @@ def bench_colorize(restorer, folders: list[str], threads: int, speed: bool = Tru
             rows.append({"test": f"{side}x{side} ({mp:.0f} MP)", "method": "Pillow gray->RGB (reference)",
                          "seconds": ref, "mp_per_s": mp / ref})
     return {"model": restorer.name, "params": count_params(restorer.model), "threads": threads,
-            "render_size": restorer.render_size, "saturation": restorer.saturation, "torch": torch.__version__, "quality": quality,
-            "speed": rows}
+            "render_size": restorer.render_size, "saturation": restorer.saturation, "torch": torch.__version__,
+            "quality": quality, "speed": rows}

@@ -503,8 +503,8 @@ def plan_widths(model: nn.Module, spec_fn: Callable, ratio: float, x: torch.Tens
     open_ = {i for i, n in enumerate(sizes) if counts[i] + steps[i] <= n}
     # greedy: a group once out of the running (over the budget, or too dear
     # in compute next to its neighbours' widths then) is not asked again
+    p, m = _cost_with(model, spec_fn, counts, x)  # the current widths' cost
     while open_:
-        p, m = _cost_with(model, spec_fn, counts, x)
         trials = {i: _cost_with(model, spec_fn, counts[:i] + [counts[i] + steps[i]] + counts[i + 1:], x)
                   for i in open_}
         open_ = {i for i in open_ if trials[i][0] <= budget
@@ -513,6 +513,7 @@ def plan_widths(model: nn.Module, spec_fn: Callable, ratio: float, x: torch.Tens
             break
         i = min(open_, key=lambda i: (counts[i] / sizes[i], trials[i][1]))
         counts[i] += steps[i]
+        p, m = trials[i]
         if counts[i] + steps[i] > sizes[i]:
             open_.discard(i)
     return counts
