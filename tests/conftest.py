@@ -80,3 +80,17 @@ def cli():
         return res.exit_code, res.stdout_bytes, res.stderr
 
     return run
+
+
+# ---------------------------------------------------------------------------- golden outputs
+
+def pytest_addoption(parser):
+    parser.addoption("--regen-golden", action="store_true", default=False,
+                     help="rewrite tests/golden/*.npz from today's outputs (those tests are then "
+                          "skipped); without it a missing golden is a failure")
+
+
+@pytest.fixture
+def regen_golden(request) -> bool:
+    """True when run with --regen-golden: golden tests rewrite their files and skip."""
+    return bool(request.config.getoption("--regen-golden"))
