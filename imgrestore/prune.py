@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import count_macs, count_params
+from .registry import count_macs, count_params, own_state
 
 
 class GLCA(nn.Module):
@@ -717,7 +717,7 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
                           "criterion": criterion, "compensate": compensate, "finetune_steps": steps,
                           "finetune": pd.tune_note if steps else None,
                           "data": [str(d) for d in (data or [])], "report": report["rows"]}
-        weights.save(out, pruned.state_dict(), arch=wf.arch, config=pruned.config(), task=wf.task,
+        weights.save(out, own_state(pruned), arch=wf.arch, config=pruned.config(), task=wf.task,
                      scale=wf.scale, provenance=prov)
     report["widths"] = pruned.config().get("widths")
     return report

@@ -28,6 +28,9 @@ class ArchSpec:
     receptive_radius: Callable[[dict], int]
     size_multiple: int = 1  # input sides must be a multiple of this
     tile_safe: bool = True  # a tiled run equals the untiled one
+    # tensors kept in another shipped file (a frozen pretrained part):
+    # (weights file, built model) -> {state-dict key: tensor} to load beside its own
+    external: Callable[[object, nn.Module], dict] | None = None
 
 
 def _build_ecbsr(config: dict) -> nn.Module:
@@ -40,6 +43,33 @@ def _build_colornet(config: dict) -> nn.Module:
     from .models.colorize import FusionColorNet
 
     return FusionColorNet(**config)
+
+
+def _build_semantic(config: dict) -> nn.Module:
+    from .models.colorize import SemanticColorNet
+
+    return SemanticColorNet(**config)
+
+
+def _build_encoder(config: dict) -> nn.Module:
+    from .models.encoder import EfficientLite
+
+    return EfficientLite(**config)
+
+
+def _encoder_tensors(wf, model: nn.Module) -> dict:
+    """The frozen encoder a colorizer names, read from its own shipped file;
+    it must be the architecture the colorizer was trained with."""
+    from .weights import read
+
+    name = model.cfg.encoder
+    if name not in COMPONENTS:
+        raise WeightsError(f"{wf.path}: unknown encoder {name!r} (known: {', '.join(COMPONENTS)})")
+    enc = read(component_path(name))
+    if enc.arch != "efficientnet-lite" or enc.config != model.encoder.config():
+        raise WeightsError(f"{wf.path}: the encoder file {enc.path} is not the encoder this model was "
+                           "trained with (its architecture differs)")
+    return {f"encoder.{k}": v for k, v in enc.tensors.items()}
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -56,6 +86,26 @@ ARCHS: dict[str, ArchSpec] = {
         size_multiple=8,
         tile_safe=False,
     ),
+    "semantic-colornet": ArchSpec(
+        id="semantic-colornet",
+        build=_build_semantic,
+        receptive_radius=lambda c: 0,  # whole image at a working resolution: never tiled
+        size_multiple=8,
+        tile_safe=False,
+        external=_encoder_tensors,
+    ),
+    "efficientnet-lite": ArchSpec(
+        id="efficientnet-lite",
+        build=_build_encoder,
+        receptive_radius=lambda c: 0,
+        tile_safe=False,
+    ),
+}
+
+# Shipped parts that are not models a command runs: read by the models that
+# name them in their config.
+COMPONENTS: dict[str, str] = {
+    "encoder-efficientnet-lite0": "encoder-efficientnet-lite0.safetensors",
 }
 
 
@@ -96,6 +146,20 @@ def weights_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "weights"
 
 
+def component_path(name: str) -> Path:
+    path = weights_dir() / COMPONENTS[name]
+    if not path.is_file():
+        raise ModelNotFound(f"shipped component {name!r} is missing its file {path}")
+    return path
+
+
+def own_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a model's own weights file holds: its state dict less the
+    parts that live in another shipped file (`EXTERNAL` prefixes)."""
+    skip = tuple(getattr(model, "EXTERNAL", ()))
+    return {k: v for k, v in model.state_dict().items() if not (skip and k.startswith(skip))}
+
+
 def resolve(name_or_path: str) -> Path:
     """A shipped model name or a path -> the weights file path."""
     if name_or_path in SHIPPED:
@@ -124,7 +188,10 @@ def build_from_weights(wf) -> nn.Module:
         model = spec.build(dict(wf.config))
     except (TypeError, ValueError) as e:
         raise WeightsError(f"{wf.path}: config does not fit architecture {wf.arch!r} ({e})") from None
-    load_state_strict(model, wf.tensors, wf.path)
+    tensors = dict(wf.tensors)
+    if spec.external is not None:
+        tensors.update(spec.external(wf, model))
+    load_state_strict(model, tensors, wf.path)
     return model
 
 

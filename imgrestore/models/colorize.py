@@ -158,3 +158,118 @@ class FusionColorNet(nn.Module):
         if return_logits:
             return ab, (self.classifier(g) if self.classifier is not None else None)
         return ab
+
+
+# ---------------------------------------------------------------------------- on a pretrained encoder
+
+@dataclass
+class SemanticConfig:
+    # the frozen encoder: a shipped weights file by name, and its config (so
+    # the architecture is described by this file alone; the tensors are the
+    # encoder file's)
+    encoder: str = "encoder-efficientnet-lite0"
+    encoder_config: dict | None = None
+    width: int = 32  # decoder channels at 1/4; 1/2 at 1/2, 2x at 1/8, 4x at 1/16 and 1/32
+    global_dim: int = 256  # the fused global vector (from the encoder's pooled head)
+    classes: int = 0  # classification head outputs (0: none)
+    mid_blocks: int = 2  # stacked multi-scale attention blocks at 1/16
+    widths: dict | None = None  # per-stage overrides: d2, d4, d8, d16, ca
+
+
+class SemanticColorNet(nn.Module):
+    """"Let there be Color!" with a pretrained classifier as its low- and
+    global-level features, frozen (as Deep Koalarization does), and a light
+    trained decoder:
+
+        L -> gray -> EfficientNet-Lite0 (frozen) -> maps at 1/4, 1/8, 1/16, 1/32
+                                                  + head map, pooled -> global vector
+        fusion at 1/32: the 1/32 map joined with the global vector (1x1 conv)
+        decoder: up x2 with the encoder's skip at each scale (U-Net), stacked
+                 multi-scale attention at 1/16 and 1/8, and at 1/2 a skip from
+                 a small trained convolution of L (edges the encoder's stride
+                 has lost) -> a*b* at half the working resolution (tanh x AB_RANGE)
+
+    `global_from` (another image's L) replaces the global vector: its colours'
+    style. The encoder's tensors live in their own shipped file (they stay the
+    same while the decoder is retrained); `encoder.` is never saved here."""
+
+    EXTERNAL = ("encoder.",)  # state-dict prefixes that come from another file
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        from .encoder import EfficientLite
+
+        cfg = SemanticConfig(**kwargs)
+        self.cfg = cfg
+        self.encoder = EfficientLite(**(cfg.encoder_config or {}))
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        c4, c8, c16, c32, chead = self.encoder.channels
+        w = cfg.width
+        ws = dict(d2=max(8, w // 2), d4=w, d8=2 * w, d16=4 * w, ca=max(4, w))
+        unknown = set(cfg.widths or {}) - set(ws)
+        if unknown:
+            raise ValueError(f"unknown widths {sorted(unknown)}")
+        ws.update(cfg.widths or {})
+        d2, d4, d8, d16 = ws["d2"], ws["d4"], ws["d8"], ws["d16"]
+        self.glob_fc = nn.Sequential(nn.Linear(chead, cfg.global_dim), _act())
+        self.classifier = nn.Linear(cfg.global_dim, cfg.classes) if cfg.classes else None
+        self.fuse = nn.Sequential(nn.Conv2d(c32 + cfg.global_dim, d16, 1), _act())
+        self.join16 = nn.Sequential(nn.Conv2d(d16 + c16, d16, 1), _act())
+        self.mid16 = nn.Sequential(*[MSABlock(d16, ws["ca"]) for _ in range(cfg.mid_blocks)])
+        self.join8 = nn.Sequential(nn.Conv2d(d16 + c8, d8, 1), _act())
+        self.mid8 = nn.Sequential(SepBlock(d8), MSABlock(d8, ws["ca"]))
+        self.join4 = nn.Sequential(nn.Conv2d(d8 + c4, d4, 1), _act())
+        self.mid4 = nn.Sequential(SepBlock(d4), SepBlock(d4, dilation=2))
+        self.low = nn.Sequential(nn.Conv2d(1, d2, 3, 2, 1), _act(), SepBlock(d2))
+        self.join2 = nn.Sequential(nn.Conv2d(d4 + d2, d2, 1), _act())
+        self.mid2 = SepBlock(d2)
+        self.head = nn.Conv2d(d2, 2, 3, padding=1)
+
+    def config(self) -> dict:
+        return asdict(self.cfg)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.encoder.eval()  # frozen: always in its inference form
+        return self
+
+    def encode(self, l: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 1, H, W) L in [0, 100] -> the encoder's maps (no gradient)."""
+        from ..color import l_to_gray
+
+        with torch.no_grad():
+            g = self.encoder.normalize(l_to_gray(l) * 255.0)
+            return self.encoder.features(g, gray=True)
+
+    def global_vector(self, head: torch.Tensor) -> torch.Tensor:
+        return self.glob_fc(head.mean(dim=(2, 3)))  # (B, global_dim)
+
+    def decode(self, l: torch.Tensor, feats: list[torch.Tensor], g: torch.Tensor) -> torch.Tensor:
+        f4, f8, f16, f32, _ = feats
+
+        def up(x, like):
+            return F.interpolate(x, size=like.shape[2:], mode="bilinear", align_corners=False)
+
+        x = self.fuse(torch.cat([f32, g[:, :, None, None].expand(-1, -1, *f32.shape[2:])], dim=1))
+        x = self.mid16(self.join16(torch.cat([up(x, f16), f16], dim=1)))  # (B, d16, H/16, W/16)
+        x = self.mid8(self.join8(torch.cat([up(x, f8), f8], dim=1)))  # (B, d8, H/8, W/8)
+        x = self.mid4(self.join4(torch.cat([up(x, f4), f4], dim=1)))  # (B, d4, H/4, W/4)
+        low = self.low(self.normalize(l))  # (B, d2, H/2, W/2)
+        x = self.mid2(self.join2(torch.cat([up(x, low), low], dim=1)))
+        return torch.tanh(self.head(x)) * AB_RANGE
+
+    normalize = staticmethod(FusionColorNet.normalize)
+
+    def forward(self, l: torch.Tensor, global_from: torch.Tensor | None = None,
+                return_logits: bool = False, feats: list[torch.Tensor] | None = None):
+        """l: (B, 1, H, W) L in [0, 100], H and W even -> (B, 2, H/2, W/2)
+        a*b* in [-AB_RANGE, AB_RANGE] (and class logits). `feats`: the
+        encoder's maps of `l` when the caller has them (cached in training)."""
+        feats = self.encode(l) if feats is None else feats
+        head = feats[-1] if global_from is None else self.encode(global_from)[-1]
+        g = self.global_vector(head)
+        ab = self.decode(l, feats, g)
+        if return_logits:
+            return ab, (self.classifier(g) if self.classifier is not None else None)
+        return ab

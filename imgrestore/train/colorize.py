@@ -151,6 +151,30 @@ class ColorBatches:
         return lab[:, :1], ab_half, torch.tensor(labels)
 
 
+def color_loss(pred, logits, ab, y, loss_kind: str, weights: torch.Tensor, rebalance: float,
+               fg_weight: float) -> torch.Tensor:
+    """The training loss (module docstring) of predicted a*b* `pred` against
+    the truth `ab` (both (B, 2, h, w)) and class logits against `y`."""
+    if loss_kind in ("l2", "log-l2"):
+        per_px = (pred / AB_RANGE - ab / AB_RANGE).square().sum(1) * 10.0  # x10: a scale like smooth-L1's
+    else:
+        per_px = F.smooth_l1_loss(pred / AB_RANGE, ab / AB_RANGE, reduction="none", beta=0.05).sum(1)
+    per_px_w = per_px * weights[ab_bins(ab)] if rebalance < 1 else per_px
+    if loss_kind == "log-l2":
+        # the benchmark averages PSNR over images: minimize the mean of
+        # each image's log error, which spares near-gray photos a tint
+        total = torch.log(per_px_w.mean(dim=(1, 2)) + LOG_EPS).mean() * LOG_SCALE
+    else:
+        total = per_px_w.mean()
+    if fg_weight > 0:
+        mean_ab = ab.mean(dim=(2, 3), keepdim=True)
+        fg = ((ab - mean_ab).norm(dim=1) > FG_CHROMA).float()  # (B, H, W)
+        total = total + fg_weight * (per_px * fg).sum() / fg.sum().clamp(min=1.0)
+    if logits is not None and (y >= 0).any():
+        total = total + CLS_WEIGHT * F.cross_entropy(logits, y, ignore_index=-100)
+    return total
+
+
 def split_holdout(files: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:
     """Deterministic split by the CRC32 of the file name: the same files are
     held out on every machine and in every resumed run."""
@@ -192,24 +216,7 @@ def make_task(data: list[str], *, width: int = 32, crop: int = 128, batch: int =
     def loss(m, b):
         l, ab, y = b
         pred, logits = m(l, return_logits=True)
-        if loss_kind in ("l2", "log-l2"):
-            per_px = (pred / AB_RANGE - ab / AB_RANGE).square().sum(1) * 10.0  # x10: a scale like smooth-L1's
-        else:
-            per_px = F.smooth_l1_loss(pred / AB_RANGE, ab / AB_RANGE, reduction="none", beta=0.05).sum(1)
-        per_px_w = per_px * weights[ab_bins(ab)] if rebalance < 1 else per_px
-        if loss_kind == "log-l2":
-            # the benchmark averages PSNR over images: minimize the mean of
-            # each image's log error, which spares near-gray photos a tint
-            total = torch.log(per_px_w.mean(dim=(1, 2)) + LOG_EPS).mean() * LOG_SCALE
-        else:
-            total = per_px_w.mean()
-        if fg_weight > 0:
-            mean_ab = ab.mean(dim=(2, 3), keepdim=True)
-            fg = ((ab - mean_ab).norm(dim=1) > FG_CHROMA).float()  # (B, H, W)
-            total = total + fg_weight * (per_px * fg).sum() / fg.sum().clamp(min=1.0)
-        if logits is not None and (y >= 0).any():
-            total = total + CLS_WEIGHT * F.cross_entropy(logits, y, ignore_index=-100)
-        return total
+        return color_loss(pred, logits, ab, y, loss_kind, weights, rebalance, fg_weight)
 
     def evaluate(m, limit=None):
         out = {}
@@ -226,6 +233,166 @@ def make_task(data: list[str], *, width: int = 32, crop: int = 128, batch: int =
         provenance=dict(
             data=[Path(d).name for d in data], images=len(images), crop=crop, batch=batch,
             zoom=f"crops cut at a random zoom-out in [{min_zoom}, 1]" if min_zoom < 1 else None,
+            init=Path(init).name if init else None,
+            classes=classes, holdout=dict(fraction=holdout, images=len(held), rule="crc32(file name) % 10000 < "
+                                          "fraction x 10000"),
+            loss=(f"{loss_kind}" + (f" rebalanced (lam {rebalance})" if rebalance < 1 else "")
+                  + (f" + {fg_weight} x foreground {loss_kind} (|ab - mean ab| > {FG_CHROMA})" if fg_weight else "")
+                  + f" + {CLS_WEIGHT} x cross-entropy"),
+            optimizer="Adam(0.9, 0.99) cosine", seed=seed,
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------- on a frozen encoder
+
+class FeatureCache:
+    """Training crops with the frozen encoder's maps computed once.
+
+    `crops_per_image` crops of every training photo are cut (random zoom-out,
+    position and flip, as `ColorBatches` cuts them), encoded once, and kept
+    as float16 memory maps in `folder` (git-ignored, rebuilt when its key
+    changes): a training step then costs only the decoder. A new seed cuts
+    new crops, so each warm-started session sees fresh ones."""
+
+    def __init__(self, folder: Path, model, source: ColorBatches, count: int, key: dict, log=print,
+                 chunk: int = 32):
+        import json
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.count = count
+        l, ab, _ = source.batch(1)
+        with torch.no_grad():
+            feats = model.encode(l)
+        shapes = dict(l=tuple(l.shape[1:]), ab=tuple(ab.shape[1:]), **{f"f{i}": tuple(f.shape[1:])
+                                                                         for i, f in enumerate(feats)})
+        key = dict(key, count=count, shapes={k: list(v) for k, v in shapes.items()})
+        done = folder / "key.json"
+        fresh = not (done.is_file() and json.loads(done.read_text()) == key)
+        mode = "w+" if fresh else "r"
+        self.arrays = {k: np.lib.format.open_memmap(folder / f"{k}.npy", mode=mode, dtype=np.float16,
+                                                    shape=(count, *shp)) for k, shp in shapes.items()}
+        self.labels = np.lib.format.open_memmap(folder / "labels.npy", mode=mode, dtype=np.int64, shape=(count,))
+        if fresh:
+            done.unlink(missing_ok=True)
+            import time
+
+            t0 = time.time()
+            for i in range(0, count, chunk):
+                n = min(chunk, count - i)
+                l, ab, y = source.batch(n)
+                with torch.no_grad():
+                    feats = model.encode(l)
+                for k, v in zip(["l", "ab"] + [f"f{j}" for j in range(len(feats))], [l, ab, *feats]):
+                    self.arrays[k][i:i + n] = v.numpy().astype(np.float16)
+                self.labels[i:i + n] = y.numpy()
+                if (i // chunk) % 100 == 0:
+                    log(f"encoding training crops: {i + n}/{count} ({time.time() - t0:.0f} s)")
+            for a in [*self.arrays.values(), self.labels]:
+                a.flush()
+            done.write_text(json.dumps(key))
+            log(f"encoded {count} crops into {folder} in {time.time() - t0:.0f} s")
+        else:
+            log(f"reusing the {count} encoded crops in {folder}")
+        self.nfeats = len(feats)
+        self.rng = random.Random(0)
+
+    def batch(self, n: int):
+        idx = sorted(self.rng.randrange(self.count) for _ in range(n))
+        get = lambda k: torch.from_numpy(self.arrays[k][idx].astype(np.float32))  # noqa: E731
+        feats = [get(f"f{j}") for j in range(self.nfeats)]
+        return get("l"), get("ab"), torch.from_numpy(self.labels[idx]), feats
+
+
+def load_encoder(model, path: Path | None = None) -> dict:
+    """Fill a SemanticColorNet's frozen encoder from its shipped file (or
+    `path`); returns that file's provenance with its SHA-256."""
+    import hashlib
+
+    from .. import weights
+    from ..registry import component_path
+
+    path = Path(path) if path else component_path(model.cfg.encoder)
+    wf = weights.read(path)
+    model.encoder.load_state_dict(wf.tensors, strict=True)
+    return dict(file=path.name, sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                source=wf.provenance.get("package"), licence=wf.provenance.get("licence"))
+
+
+def make_semantic_task(data: list[str], *, width: int = 32, crop: int = 128, batch: int = 32,
+                       val: list[str] | None = None, seed: int = 0, loss_kind: str = "l2",
+                       rebalance: float = TRAIN_COLORIZE["rebalance"],
+                       fg_weight: float = TRAIN_COLORIZE["fg_weight"],
+                       holdout: float = TRAIN_COLORIZE["holdout"], min_zoom: float = 1.0,
+                       init: Path | None = None, cache: Path | None = None, crops_per_image: int = 6,
+                       encoder: Path | None = None, log=print) -> TrainTask:
+    """The colorizer on a frozen pretrained encoder (`SemanticColorNet`).
+    With `cache`, the encoder's maps of `crops_per_image` crops per photo are
+    computed once (`FeatureCache`); without, every step encodes its crops."""
+    from ..bench import eval_colorize
+    from ..models.colorize import SemanticColorNet
+    from ..registry import COMPONENTS, component_path
+
+    if loss_kind not in LOSSES:
+        raise ValueError(f"unknown loss {loss_kind!r} ({', '.join(LOSSES)})")
+    torch.manual_seed(seed)
+    files, held = split_holdout(list_images(data), holdout)
+    images, wnids = load_color_images(files, short_side=round(crop / min_zoom) + crop // 8)
+    classes = sorted({w for w in wnids if w})
+    index = {w: i for i, w in enumerate(classes)}
+    labels = [index[w] if w else -100 for w in wnids]
+    log(f"loaded {len(images)} colour training images ({len(files) - len(images)} gray skipped), "
+        f"{len(classes)} classes")
+    weights_ = rebalance_weights(images, lam=rebalance)
+    from .. import weights as wmod
+
+    enc_name = next(iter(COMPONENTS))
+    enc_wf = wmod.read(encoder or component_path(enc_name))
+    config = dict(encoder=enc_name, encoder_config=enc_wf.config, width=width, global_dim=256,
+                  classes=len(classes), mid_blocks=2)
+    model = SemanticColorNet(**config)
+    enc_info = load_encoder(model, encoder)
+    if init:
+        init_from(model, init, log)
+    source = ColorBatches(images, labels, crop, seed, min_zoom=min_zoom)
+    if cache:
+        count = crops_per_image * len(images)
+        key = dict(files=len(files), crop=crop, min_zoom=min_zoom, seed=seed, encoder=enc_info["sha256"],
+                   data=[str(d) for d in data], holdout=holdout)
+        fc = FeatureCache(Path(cache), model, source, count, key, log)
+        sample = checkpoint_sampler(fc, batch, seed)
+
+        def loss(m, b):
+            l, ab, y, feats = b
+            pred, logits = m(l, return_logits=True, feats=feats)
+            return color_loss(pred, logits, ab, y, loss_kind, weights_, rebalance, fg_weight)
+    else:
+        sample = checkpoint_sampler(source, batch, seed)
+
+        def loss(m, b):
+            l, ab, y = b
+            pred, logits = m(l, return_logits=True)
+            return color_loss(pred, logits, ab, y, loss_kind, weights_, rebalance, fg_weight)
+
+    def evaluate(m, limit=None):
+        out = {}
+        if held:
+            out["holdout"] = eval_colorize(m, held, limit=limit).summary()
+        for f in val or []:
+            out[Path(f).name] = eval_colorize(m, f, limit=limit).summary()
+        return out
+
+    return TrainTask(
+        arch="semantic-colornet", task="colorize", scale=1, model=model, config=config,
+        batch=sample, loss=loss, evaluate=evaluate,
+        quick_eval=(lambda m: evaluate(m, limit=60)) if val or held else None,
+        provenance=dict(
+            encoder=enc_info,
+            data=[Path(d).name for d in data], images=len(images), crop=crop, batch=batch,
+            zoom=f"crops cut at a random zoom-out in [{min_zoom}, 1]" if min_zoom < 1 else None,
+            features=(f"encoder maps cached for {crops_per_image} crops per photo (seed {seed})" if cache
+                      else "encoded every step"),
             init=Path(init).name if init else None,
             classes=classes, holdout=dict(fraction=holdout, images=len(held), rule="crc32(file name) % 10000 < "
                                           "fraction x 10000"),

@@ -57,7 +57,9 @@ def init_from(model: torch.nn.Module, path: Path, log=print) -> None:
     copied = {k: v for k, v in wf.tensors.items() if k in own and own[k].shape == v.shape}
     own.update(copied)
     model.load_state_dict(own)
-    log(f"initialized {len(copied)}/{len(own)} tensors from {path}")
+    from ..registry import own_state
+
+    log(f"initialized {len(copied)}/{len(own_state(model))} tensors from {path}")
 
 
 def _state_path(out: Path) -> Path:
@@ -67,7 +69,9 @@ def _state_path(out: Path) -> Path:
 def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, meta: dict) -> None:
     from safetensors.torch import save_file
 
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    from ..registry import own_state
+
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in own_state(model).items()}
     names = {id(p): n for n, p in model.named_parameters()}
     for group in opt.param_groups:
         for p in group["params"]:
@@ -88,7 +92,12 @@ def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> tup
     with safe_open(str(path), framework="pt") as f:
         md = f.metadata()
     t = load_file(str(path))
-    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")}, strict=True)
+    from ..registry import own_state
+
+    own = {k[6:]: v for k, v in t.items() if k.startswith("model.")}
+    if set(own) != set(own_state(model)):
+        raise ValueError(f"{path}: the training state does not match the model")
+    model.load_state_dict(own, strict=False)
     for n, p in model.named_parameters():
         if f"opt.{n}.exp_avg" in t:
             opt.state[p] = {
@@ -108,7 +117,7 @@ def lr_at(step: int, o: TrainOptions) -> float:
 
 def train(task: TrainTask, o: TrainOptions) -> dict:
     model = task.model
-    opt = torch.optim.Adam(model.parameters(), lr=o.lr, betas=(0.9, 0.99))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=o.lr, betas=(0.9, 0.99))
     state = _state_path(o.out)
     start, elapsed0 = 0, 0.0
     if o.resume and state.exists():
@@ -154,5 +163,7 @@ def _write(task: TrainTask, o: TrainOptions, step: int, elapsed: float, metrics:
                 torch=torch.__version__)
     if metrics is not None:
         prov["metrics"] = metrics
-    weights.save(o.out, task.model.state_dict(), arch=task.arch, config=task.config,
+    from ..registry import own_state
+
+    weights.save(o.out, own_state(task.model), arch=task.arch, config=task.config,
                  task=task.task, scale=task.scale, provenance=prov)

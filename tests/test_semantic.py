@@ -1,0 +1,152 @@
+"""The colorizer on a frozen pretrained encoder: the encoder's layers, the
+encoder kept in its own file, loading, training with cached features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import noise_image, randomize
+from imgrestore import load, weights
+from imgrestore.color import l_to_gray, gray_to_l, luminance
+from imgrestore.errors import WeightsError
+from imgrestore.models.colorize import SemanticColorNet
+from imgrestore.models.encoder import EfficientLite, SameConv
+from imgrestore.registry import COMPONENTS, own_state, weights_dir
+from imgrestore.restorer import colorize_pixels
+
+# a tiny encoder of the same family: four taps (1/4 .. 1/32) and a head
+TINY_ENC = dict(stages=[[1, 3, 1, 1, 8], [1, 3, 2, 2, 8], [1, 5, 2, 2, 8], [1, 3, 2, 2, 16], [1, 3, 2, 2, 16]],
+                stem=8, head=32, classes=5)
+ENC_FILE = COMPONENTS["encoder-efficientnet-lite0"]
+
+
+@pytest.fixture
+def tiny_semantic(tmp_path, monkeypatch):
+    """A weights folder holding a tiny random encoder under the shipped
+    encoder's name, and a colorizer file trained 'with' it."""
+    wdir = tmp_path / "weights"
+    wdir.mkdir()
+    enc = randomize(EfficientLite(**TINY_ENC), seed=1, std=0.3)
+    weights.save(wdir / ENC_FILE, enc.state_dict(), arch="efficientnet-lite", config=enc.config(),
+                 task="encoder", scale=1)
+    cfg = dict(encoder_config=enc.config(), width=8, global_dim=16, classes=3, mid_blocks=1)
+    model = randomize(SemanticColorNet(**cfg), seed=2, std=0.3)
+    model.encoder.load_state_dict(enc.state_dict())
+    path = tmp_path / "tiny-semantic.safetensors"
+    weights.save(path, own_state(model), arch="semantic-colornet", config=model.config(), task="colorize", scale=1)
+    monkeypatch.setenv("IMGRESTORE_WEIGHTS", str(wdir))
+    return path, model.eval()
+
+
+def test_l_to_gray_inverts_gray_to_l():
+    g = torch.linspace(0, 1, 256)
+    assert (l_to_gray(gray_to_l(g)) - g).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("size,k", [(8, 3), (9, 3), (10, 5), (7, 5)])
+def test_same_padding_is_tensorflows(size, k):
+    # TF "SAME": output ceil(in / stride), the odd pixel of padding after
+    conv = SameConv(2, 3, k, 2)
+    x = torch.randn(1, 2, size, size)
+    y = conv(x)
+    assert y.shape[-1] == -(-size // 2)
+    total = max((y.shape[-1] - 1) * 2 + k - size, 0)
+    ref = F.conv2d(F.pad(x, (total // 2, total - total // 2) * 2), conv.weight, conv.bias, 2)
+    assert torch.allclose(y, ref, atol=1e-6)
+
+
+def test_gray_stem_equals_three_equal_channels():
+    enc = randomize(EfficientLite(**TINY_ENC), std=0.3).eval()
+    g = torch.rand(2, 1, 40, 24) * 2 - 1
+    a = enc.features(g, gray=True)
+    b = enc.features(g.expand(-1, 3, -1, -1))
+    assert [t.shape[1] for t in a] == enc.channels
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(a, b))
+
+
+def test_shipped_encoder_is_lite0_converted_and_checked():
+    wf = weights.read(weights_dir() / ENC_FILE)
+    assert wf.arch == "efficientnet-lite" and wf.task == "encoder"
+    assert wf.config == EfficientLite().config()
+    assert wf.provenance["licence"] == "Apache-2.0"
+    assert wf.provenance["check"]["max_logit_diff"] < 1e-3 and wf.provenance["check"]["top1_agreement"] == 1.0
+    enc = EfficientLite(**wf.config)
+    enc.load_state_dict(wf.tensors)
+    assert sum(p.numel() for p in enc.parameters()) == 4_631_000  # Lite0's 4.65 M less the folded batch norms
+
+
+def test_encoder_lives_in_its_own_file(tiny_semantic):
+    path, model = tiny_semantic
+    wf = weights.read(path)
+    assert wf.tensors and not any(k.startswith("encoder.") for k in wf.tensors)
+    r = load(path, device="cpu")
+    px = np.asarray(noise_image(37, 52))
+    # loaded = in memory (within a code value: the loaded one runs channels-last),
+    # the encoder's tensors from the encoder file
+    diff = np.abs(colorize_pixels(r.model, px, 64).astype(int) - colorize_pixels(model, px, 64))
+    assert diff.max() <= 1 and diff.mean() < 0.01
+    assert not any(p.requires_grad for p in r.model.encoder.parameters())
+
+
+def test_luminance_kept_and_reference_changes_colours(tiny_semantic, tmp_path, cli):
+    path, _ = tiny_semantic
+    r = load(path, device="cpu")
+    px = np.asarray(noise_image(45, 31))
+    out = colorize_pixels(r.model, px, render_size=64)
+    l_in = luminance(torch.from_numpy(px.copy()).permute(2, 0, 1)[None] / 255.0)
+    l_out = luminance(torch.from_numpy(out).permute(2, 0, 1)[None].float() / 255.0)
+    assert (l_in - l_out).abs().max() < 1.0
+    Image.fromarray(px).save(tmp_path / "a.png")
+    Image.fromarray(np.asarray(noise_image(64, 64, seed=5))).save(tmp_path / "ref.png")
+    outs = []
+    for extra in ([], ["--reference", tmp_path / "ref.png"]):
+        o = tmp_path / f"o{len(outs)}.png"
+        code, _, err = cli("colorize", "--model", path, tmp_path / "a.png", "-o", o, "--render-size", 64, *extra)
+        assert code == 0, err
+        outs.append(np.asarray(Image.open(o)))
+    assert np.abs(outs[0].astype(int) - outs[1]).max() > 0
+
+
+def test_wrong_encoder_is_a_clear_error(tiny_semantic, tmp_path, monkeypatch):
+    path, _ = tiny_semantic
+    other = tmp_path / "other"
+    other.mkdir()
+    enc = EfficientLite(**dict(TINY_ENC, head=48))
+    weights.save(other / ENC_FILE, enc.state_dict(), arch="efficientnet-lite", config=enc.config(), task="encoder",
+                 scale=1)
+    monkeypatch.setenv("IMGRESTORE_WEIGHTS", str(other))
+    with pytest.raises(WeightsError, match="not the encoder this model was trained with"):
+        load(path, device="cpu")
+
+
+def test_training_with_cached_features_resumes_and_loads(tiny_semantic, tmp_path):
+    from imgrestore.train.colorize import make_semantic_task
+    from imgrestore.train.loop import TrainOptions, train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(6):
+        small = np.random.default_rng(i).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((48, 40), Image.BILINEAR).save(data / f"n0000000{i}_{i}.png")
+    enc_path = weights_dir() / ENC_FILE
+    kw = dict(crop=32, batch=4, holdout=0.0, width=8, cache=tmp_path / "cache", crops_per_image=2,
+              encoder=enc_path, log=lambda m: None)
+    task = make_semantic_task([str(data)], **kw)
+    out = tmp_path / "c.safetensors"
+    train(task, TrainOptions(steps=3, out=out, save_every=2, log=lambda m: None))
+    wf = weights.read(out)
+    assert wf.arch == "semantic-colornet" and wf.provenance["encoder"]["file"] == ENC_FILE
+    assert not any(k.startswith("encoder.") for k in wf.tensors)
+    assert (tmp_path / "cache" / "key.json").is_file()
+    # the cache is reused, and a longer run resumes from the state
+    logs = []
+    task = make_semantic_task([str(data)], **dict(kw, log=logs.append))
+    assert any("reusing" in m for m in logs)
+    train(task, TrainOptions(steps=4, out=out, save_every=2, log=logs.append))
+    assert any("resumed" in m for m in logs)
+    r = load(out, device="cpu")
+    assert r(np.zeros((9, 7), np.uint8)).shape == (9, 7, 3)
