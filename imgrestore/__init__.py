@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-from .errors import (ImgRestoreError, InputError, ModelNotFound, OutputError, OutputExists,
-                     WeightsError)
+from .errors import (ImgRestoreError, InputError, ModelNotFound, OutputError, OutputExists, UnknownTask,
+                     WeightsError, WrongTask)
 
 __version__ = "0.1.0"
 __all__ = [
@@ -20,6 +20,8 @@ __all__ = [
     "OutputExists",
     "WeightsError",
     "ModelNotFound",
+    "UnknownTask",
+    "WrongTask",
     "__version__",
 ]
 
@@ -27,8 +29,12 @@ __all__ = [
 def __getattr__(name):
     # torch is imported on first use, so `import imgrestore` and the CLI's
     # --help stay fast
-    if name in ("load", "Restorer"):
-        from . import restorer
+    if name == "load":
+        from .tasks import load
 
-        return getattr(restorer, name)
+        return load
+    if name == "Restorer":
+        from .restorer import Restorer
+
+        return Restorer
     raise AttributeError(name)

@@ -17,7 +17,11 @@ from pathlib import Path
 import click
 
 from . import io as imgio
-from .defaults import DEFAULT_RENDER, DEFAULT_TILE, TRAIN_COLORIZE
+from .defaults import DEFAULT_TILE, TRAIN_COLORIZE
+from .tasks import TASKS
+from .tasks.base import Task
+from .tasks.colorize import RENDER_SIZE_OPTION, SATURATION_OPTION
+from .tasks.upscale import SCALE_OPTIONS
 
 
 class ShardType(click.ParamType):
@@ -32,40 +36,56 @@ class ShardType(click.ParamType):
         return int(m[1]), int(m[2])
 
 
-def processing_options(f):
-    """Options every image-processing command shares."""
-    opts = [
-        click.argument("inputs", nargs=-1, required=True),
-        click.option("-o", "--output", help="Output file (one input), folder (several; sub-folders "
-                     "mirrored) or - for stdout. Default: next to each input with a suffix."),
-        click.option("-r", "--recursive", is_flag=True, help="Descend into sub-folders."),
-        click.option("--model", "model", help="Shipped model name or a .safetensors path."),
-        click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "tiff", "same"]),
-                     default="same", show_default=True, help="Output format (same: as the input)."),
-        click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,
-                     help="JPEG/WebP quality."),
-        click.option("--suffix", help="Suffix for outputs written next to their input."),
-        click.option("--tile", type=click.IntRange(0), default=DEFAULT_TILE, show_default=True,
-                     help="Tile side in input pixels (0: whole image at once)."),
-        click.option("--tile-overlap", type=click.IntRange(0), default=None,
-                     help="Context pixels around each tile [default: the model's receptive "
-                     "radius, which makes tiling exact]."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-                     show_default=True),
-        click.option("--threads", type=click.IntRange(1), help="CPU threads for the network."),
-        click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: skip them, "
-                     "so re-running a stopped batch continues where it stopped)."),
-        click.option("--shard", type=ShardType(), help="Process only the deterministic slice K of N "
-                     "(run the same command on N machines or processes)."),
-        click.option("--max-pixels", type=click.IntRange(1), default=imgio.DEFAULT_MAX_PIXELS,
-                     show_default=True, help="Refuse larger inputs (decompression-bomb guard)."),
-        click.option("-q", "--quiet", is_flag=True, help="No progress, notes or summary; errors only."),
-        click.option("--json", "as_json", is_flag=True, help="One JSON record per input on stdout."),
-        click.option("--debug", is_flag=True, help="Tracebacks for internal errors."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+# The option groups every processing command shares (a task adds its own,
+# `Task.options`; a task that does not tile takes no tiling group).
+INPUT_OPTIONS = (
+    click.argument("inputs", nargs=-1, required=True),
+    click.option("-r", "--recursive", is_flag=True, help="Descend into sub-folders."),
+    click.option("--shard", type=ShardType(), help="Process only the deterministic slice K of N "
+                 "(run the same command on N machines or processes)."),
+    click.option("--max-pixels", type=click.IntRange(1), default=imgio.DEFAULT_MAX_PIXELS,
+                 show_default=True, help="Refuse larger inputs (decompression-bomb guard)."),
+)
+OUTPUT_OPTIONS = (
+    click.option("-o", "--output", help="Output file (one input), folder (several; sub-folders "
+                 "mirrored) or - for stdout. Default: next to each input with a suffix."),
+    click.option("--format", "fmt", type=click.Choice([*imgio.FORMATS, "same"]),
+                 default="same", show_default=True, help="Output format (same: as the input)."),
+    click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,
+                 help="JPEG/WebP quality."),
+    click.option("--suffix", help="Suffix for outputs written next to their input."),
+    click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: skip them, "
+                 "so re-running a stopped batch continues where it stopped)."),
+)
+TILING_OPTIONS = (
+    click.option("--tile", type=click.IntRange(0), default=DEFAULT_TILE, show_default=True,
+                 help="Tile side in input pixels (0: whole image at once)."),
+    click.option("--tile-overlap", type=click.IntRange(0), default=None,
+                 help="Context pixels around each tile [default: the model's receptive "
+                 "radius, which makes tiling exact]."),
+)
+RUNTIME_OPTIONS = (
+    click.option("--model", "model", help="Shipped model name or a .safetensors path."),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                 show_default=True),
+    click.option("--threads", type=click.IntRange(1), help="CPU threads for the network."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress, notes or summary; errors only."),
+    click.option("--json", "as_json", is_flag=True, help="One JSON record per input on stdout."),
+    click.option("--debug", is_flag=True, help="Tracebacks for internal errors."),
+)
+
+
+def options(*groups):
+    """Apply groups of click decorators, in order (the first is listed first)."""
+    def apply(f):
+        for opt in reversed([o for g in groups for o in g]):
+            f = opt(f)
+        return f
+    return apply
+
+
+def _param_names(*groups) -> set[str]:
+    return {p.name for p in getattr(options(*groups)(lambda: None), "__click_params__", [])}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -92,12 +112,12 @@ def _setup_torch(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _load_restorer(model: str, device: str, debug: bool):
-    from . import load
+def _load_restorer(model: str, device: str, debug: bool, task: str, **settings):
     from .errors import ImgRestoreError
+    from .tasks import load
 
     try:
-        return load(model, device=device)
+        return load(model, device=device, task=task, **settings)
     except ImgRestoreError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
@@ -196,64 +216,38 @@ def _interruptible(f):
     return wrapper
 
 
-@cli.command()
-@click.option("--x2", "scale", flag_value=2, help="Upscale 2x.")
-@click.option("--x3", "scale", flag_value=3, help="Upscale 3x.")
-@click.option("--x4", "scale", flag_value=4, help="Upscale 4x (default).")
-@click.option("--scale", "scale", type=click.IntRange(2, 4), help="Upscale N x (2, 3 or 4).")
-@processing_options
-@_interruptible
-def upscale(scale, inputs, output, recursive, model, fmt, quality, suffix, tile, tile_overlap,
-            device, threads, overwrite, shard, max_pixels, quiet, as_json, debug):
-    """Upscale images x2, x3 or x4 (files, folders, or - for stdin)."""
+def _process(task: Task, own: dict, *, inputs, output, recursive, model, fmt, quality, suffix, device,
+             threads, overwrite, shard, max_pixels, quiet, as_json, debug, tile=None, tile_overlap=None) -> int:
+    """A processing command: the task's model with the task's settings over
+    the inputs; returns the exit status."""
     _setup_torch(threads)
-    if model is None:
-        model = f"upscale-x{scale or 4}"
-    restorer = _load_restorer(model, device, debug)
-    if restorer.task != "upscale":
-        _fail_usage(f"model {model} is a {restorer.task} model, not an upscaler")
-    if scale is not None and restorer.scale != scale:
-        _fail_usage(f"model {model} upscales x{restorer.scale}, but x{scale} was asked for")
-    code = _run_batch(restorer, inputs, output=output, recursive=recursive, fmt=fmt, quality=quality,
+    settings = task.settings(own, max_pixels)
+    model = model or task.default_model(own)
+    restorer = _load_restorer(model, device, debug, task.name, **settings)
+    problem = task.check(restorer, own)
+    if problem:
+        _fail_usage(f"model {model} {problem}")
+    return _run_batch(restorer, inputs, output=output, recursive=recursive, fmt=fmt, quality=quality,
                       suffix=suffix, tile=tile, tile_overlap=tile_overlap, overwrite=overwrite,
                       shard=shard, max_pixels=max_pixels, quiet=quiet, as_json=as_json, debug=debug,
-                      default_suffix=f"_x{restorer.scale}")
-    sys.exit(code)
+                      default_suffix=task.suffix(restorer))
 
 
-@cli.command()
-@click.option("--reference", type=click.Path(exists=True, dir_okay=False),
-              help="Colour in the style of this photo (its global features are used).")
-@click.option("--render-size", type=click.IntRange(32, 2048), default=DEFAULT_RENDER, show_default=True,
-              help="Working resolution (long side) of the network: detail of the colours vs speed. "
-              "The output keeps the input's full resolution and luminance.")
-@click.option("--saturation", type=click.FloatRange(0.0, 4.0), default=1.0, show_default=True,
-              help="Scale the predicted colours: below 1 more muted (and, measured, closer to the originals "
-              "on average), above 1 bolder; 0 gives the gray image.")
-@processing_options
-@_interruptible
-def colorize(reference, render_size, saturation, inputs, output, recursive, model, fmt, quality, suffix, tile,
-             tile_overlap, device, threads, overwrite, shard, max_pixels, quiet, as_json, debug):
-    """Colorize black-and-white or faded photos (colour input is recolorized
-    from its luminance)."""
-    from .errors import ImgRestoreError
+def task_command(task: Task) -> click.Command:
+    """The processing command of a task: its own options, then the shared
+    groups (tiling only where the task tiles)."""
+    groups = (INPUT_OPTIONS, OUTPUT_OPTIONS) + ((TILING_OPTIONS,) if task.tiled else ()) + (RUNTIME_OPTIONS,)
+    own = _param_names(task.options)
 
-    _setup_torch(threads)
-    restorer = _load_restorer(model or "colorize", device, debug)
-    if restorer.task != "colorize":
-        _fail_usage(f"model {model} is a {restorer.task} model, not a colorizer")
-    restorer.render_size = render_size
-    restorer.saturation = saturation
-    if reference:
-        try:
-            restorer.set_reference(imgio.read(imgio.Job(Path(reference), Path(reference).name), max_pixels))
-        except ImgRestoreError as e:
-            raise click.BadParameter(f"{reference}: {e}", param_hint="--reference") from None
-    code = _run_batch(restorer, inputs, output=output, recursive=recursive, fmt=fmt, quality=quality,
-                      suffix=suffix, tile=tile, tile_overlap=tile_overlap, overwrite=overwrite,
-                      shard=shard, max_pixels=max_pixels, quiet=quiet, as_json=as_json, debug=debug,
-                      default_suffix="_color")
-    sys.exit(code)
+    @_interruptible
+    def command(**values):
+        sys.exit(_process(task, {k: values.pop(k) for k in own}, **values))
+
+    return click.command(task.name, help=task.help)(options(task.options, *groups)(command))
+
+
+for _task in TASKS.values():
+    cli.add_command(task_command(_task))
 
 
 @cli.command()
@@ -300,6 +294,9 @@ def prune(model, ratio, data, steps, criterion, compensate, round_to, threads, a
         report = prune_model(wf, ratio, list(data), criterion, compensate, steps, out, round_to=round_to, log=log)
     except (NotImplementedError, ValueError) as e:
         _fail_usage(str(e))
+    except ImgRestoreError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
     if as_json:
         click.echo(json.dumps(report))
         return
@@ -328,27 +325,19 @@ def models(as_json):
     from rich.console import Console
     from rich.table import Table
 
-    import torch
-
-    from . import registry, weights
+    from . import registry, tasks, weights
     from .errors import ImgRestoreError
+    from .models.reparam import reparameterize
 
     rows = []
     for m in registry.SHIPPED.values():
         row = {"name": m.name, "task": m.task, "scale": m.scale, "summary": m.summary}
         try:
+            task = tasks.get(m.task, m.name)
             wf = weights.read(registry.resolve(m.name))
-            net = registry.build_from_weights(wf)
-            if hasattr(net, "reparameterize"):
-                net.reparameterize()
+            net = reparameterize(registry.build_from_weights(wf)).eval()
             row["params"] = registry.count_params(net)
-            if m.task == "colorize":
-                # fixed cost per image: the network runs at the working size
-                row["gmacs_per_image_at_256"] = round(
-                    registry.count_macs(net.eval(), torch.zeros(1, 1, 256, 256)) / 1e9, 3)
-            else:
-                row["gmacs_per_output_mp"] = round(
-                    registry.macs_per_output_mp(net.eval(), m.scale) / 1e9, 3)
+            row[task.cost_key] = round(task.cost(net, m.scale), 3)
             metrics = wf.provenance.get("metrics", {})
             row["quality"] = {k: {"psnr": v["psnr"], "gain_db": v["gain_db"]}
                               for k, v in metrics.items() if "gain_db" in v}
@@ -364,12 +353,8 @@ def models(as_json):
         t.add_column(col)
     for r in rows:
         q = ", ".join(f"{k} {v['psnr']:.2f} dB ({v['gain_db']:+.2f})" for k, v in r.get("quality", {}).items())
-        if "gmacs_per_output_mp" in r:
-            cost = f"{r['gmacs_per_output_mp']:.2f} per output MP"
-        elif "gmacs_per_image_at_256" in r:
-            cost = f"{r['gmacs_per_image_at_256']:.2f} per image (render 256)"
-        else:
-            cost = "-"
+        task = TASKS.get(r["task"])
+        cost = f"{r[task.cost_key]:.2f} {task.cost_unit}" if task and task.cost_key in r else "-"
         t.add_row(r["name"], r["task"], f"x{r['scale']}", f"{r['params']:,}" if "params" in r else "-",
                   cost, q or r.get("error", "-"))
     Console().print(t)
@@ -381,10 +366,7 @@ def bench() -> None:
 
 
 @bench.command("upscale")
-@click.option("--x2", "scale", flag_value=2)
-@click.option("--x3", "scale", flag_value=3)
-@click.option("--x4", "scale", flag_value=4)
-@click.option("--scale", "scale", type=click.IntRange(2, 4))
+@options(SCALE_OPTIONS)
 @click.option("--model", help="Model name or path [default: upscale-xN].")
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--size", type=click.IntRange(16), default=512, show_default=True,
@@ -395,13 +377,15 @@ def bench() -> None:
 def bench_upscale(scale, model, threads, size, speed, as_json, folders):
     """PSNR/SSIM on Y vs bicubic for each FOLDER of HR images, and output
     megapixels per second vs bicubic and an FSRCNN-shaped network."""
-    from .bench import bench_upscale as run_bench
+    from .benchmarks import bench_upscale as run_bench
 
     _setup_torch(threads)
-    scale = scale or 4
-    restorer = _load_restorer(model or f"upscale-x{scale}", "cpu", False)
-    if restorer.scale != scale:
-        _fail_usage(f"model upscales x{restorer.scale}, not x{scale}")
+    task = TASKS["upscale"]
+    own = {"scale": scale or 4}
+    restorer = _load_restorer(model or task.default_model(own), "cpu", False, task.name)
+    problem = task.check(restorer, own)
+    if problem:
+        _fail_usage(f"model {model or task.default_model(own)} {problem}")
     report = run_bench(restorer, list(folders), threads=threads, size=size, speed=speed)
     if as_json:
         click.echo(json.dumps(report))
@@ -411,9 +395,8 @@ def bench_upscale(scale, model, threads, size, speed, as_json, folders):
 
 @bench.command("colorize")
 @click.option("--model", default="colorize", show_default=True, help="Model name or path.")
-@click.option("--render-size", type=click.IntRange(32, 2048), default=DEFAULT_RENDER, show_default=True)
-@click.option("--saturation", type=click.FloatRange(0.0, 4.0), default=1.0, show_default=True,
-              help="Scale of the predicted colours, as in colorize.")
+@RENDER_SIZE_OPTION
+@SATURATION_OPTION
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--speed/--no-speed", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -422,14 +405,10 @@ def bench_colorize_cmd(model, render_size, saturation, threads, speed, as_json, 
     """PSNR (RGB) and colourfulness of the colorized luminance of each colour
     photo in FOLDER against the original, next to the gray-image baseline;
     seconds per image at 1 MP and 24 MP."""
-    from .bench import bench_colorize
+    from .benchmarks import bench_colorize
 
     _setup_torch(threads)
-    restorer = _load_restorer(model, "cpu", False)
-    if restorer.task != "colorize":
-        _fail_usage(f"model {model} is not a colorizer")
-    restorer.render_size = render_size
-    restorer.saturation = saturation
+    restorer = _load_restorer(model, "cpu", False, "colorize", render_size=render_size, saturation=saturation)
     report = bench_colorize(restorer, list(folders), threads=threads, speed=speed)
     if as_json:
         click.echo(json.dumps(report))

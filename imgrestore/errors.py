@@ -29,3 +29,13 @@ class ModelNotFound(ImgRestoreError):
 class OutputExists(OutputError):
     """Raised when the output name is already taken (and overwriting was not
     asked for), including by a concurrent run that finished it first."""
+
+
+class UnknownTask(WeightsError):
+    """Raised when a weights file's task is not one this version performs
+    (`tasks.TASKS`): never run as another task."""
+
+
+class WrongTask(WeightsError):
+    """Raised when a model of one task is given where another task's model
+    was asked for (an upscaler to colorize, say)."""

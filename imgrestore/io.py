@@ -26,10 +26,13 @@ import numpy as np
 
 from .errors import InputError, OutputError, OutputExists
 
+# the files taken as images, in folders given as inputs or as data
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif")
+# the output formats we write (the --format choices), with their extension
 FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
-_EXT_FORMAT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff",
-               ".tiff": "tiff"}
+# extension -> output format, for the extensions we can write
+EXT_FORMAT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff",
+              ".tiff": "tiff"}
 DEFAULT_MAX_PIXELS = 200_000_000
 _UMASK = os.umask(0)  # read once at import (os.umask is process-wide, not thread-safe)
 os.umask(_UMASK)
@@ -78,6 +81,21 @@ def find_inputs(args: list[str], recursive: bool = False) -> list[Job]:
         else:
             jobs.append(Job(p, Path(p.name), error="no such file or folder"))
     return jobs
+
+
+def list_images(dirs: list[str | Path]) -> list[Path]:
+    """Every image in the given folders (recursively, sorted) or files: the
+    data of training, pruning and benchmarks. Raises ValueError if none."""
+    files: list[Path] = []
+    for d in dirs:
+        d = Path(d)
+        if d.is_file():
+            files.append(d)
+            continue
+        files += sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise ValueError(f"no images found in {', '.join(map(str, dirs))}")
+    return files
 
 
 def shard(jobs: list[Job], k: int, n: int) -> list[Job]:
@@ -172,14 +190,14 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
         notes.append("EXIF unreadable: dropped")
 
     fmt_key = {"jpeg": "jpg", "mpo": "jpg"}.get(fmt, fmt)
-    pixels, alpha = _to_arrays(im, data, fmt_key)
+    pixels, alpha = pil_arrays(im, data, fmt_key)
     if im.mode == "CMYK":
         icc = None  # a CMYK profile no longer describes the converted RGB
         notes.append("CMYK converted to RGB")
     return Picture(pixels, alpha, exif, icc, fmt_key or "png", notes)
 
 
-def _to_arrays(im, data: bytes, fmt: str) -> tuple[np.ndarray, np.ndarray | None]:
+def pil_arrays(im, data: bytes = b"", fmt: str = "") -> tuple[np.ndarray, np.ndarray | None]:
     """PIL image (+ the raw bytes for 16-bit colour, which Pillow reduces to
     8 bits) -> (pixels (H, W, C), alpha (H, W) or None)."""
     png = _png_info(data)
@@ -255,8 +273,8 @@ def output_format(requested: str, source_fmt: str, out_path: Path | None) -> str
     extension wins over `same`; formats we cannot write fall back to png."""
     if requested != "same":
         return requested
-    if out_path is not None and out_path.suffix.lower() in _EXT_FORMAT:
-        return _EXT_FORMAT[out_path.suffix.lower()]
+    if out_path is not None and out_path.suffix.lower() in EXT_FORMAT:
+        return EXT_FORMAT[out_path.suffix.lower()]
     return source_fmt if source_fmt in FORMATS else "png"
 
 

@@ -61,8 +61,7 @@ class Result:
 def target(job: io.Job, o: Options) -> tuple[Path | str, str]:
     """(output path or "-", format) for a job, decided before decoding (from
     the source's extension) so that finished outputs are skipped cheaply."""
-    src_fmt = {".jpeg": "jpg", ".jpg": "jpg", ".png": "png", ".webp": "webp",
-               ".tif": "tiff", ".tiff": "tiff"}.get(Path(str(job.rel)).suffix.lower(), "png")
+    src_fmt = io.EXT_FORMAT.get(Path(str(job.rel)).suffix.lower(), "png")
     if o.output == "-" or (job.source == "-" and o.output is None):
         return "-", io.output_format(o.format, src_fmt, None)
     if o.output is not None and not o.output_is_dir:

@@ -9,20 +9,10 @@ it, with the offset where it sits in their input (`ins`: a concatenation
 reads two groups at two offsets), depthwise convolutions and per-channel
 activations that live on it, and `gates`: the layers whose outputs write it.
 
-* ECBSR is pruned after folding: the deployed form is a plain chain of 3x3
-  convolutions, each layer's output is one group, read by the next layer.
-  Before folding, the identity branch of a body block would tie a layer's
-  input and output channels together and the branches' own mid channels
-  would need separate groups; after folding they are all one kernel, which is
-  what runs. The tail's outputs feed the pixel shuffle in groups of scale**2
-  (and the global residual) and are never pruned.
-* FusionColorNet: each residual stream is one group (a SepBlock adds to its
-  input, a skip is added in the decoder, so the block convs, the skip and the
-  up-projection share channel indices); depthwise convs follow their group;
-  the multi-scale attention multiplies its stream channel by channel (its
-  channel-attention output and its spatial-attention input are on the
-  stream); the fusion layer reads two groups side by side (the local stream
-  and the global vector). The 2-channel a*b* head is never pruned.
+Each architecture declares its groups next to its layers
+(`ArchSpec.channel_groups` in its family file), with the channel multiple
+its wide groups keep; the pruner never reaches into a model's layers, and
+what it calibrates and times on is the model's task's (`tasks.Task`).
 
 1. Score. A GLCA module per group computes two descriptors of each channel at
    the group's first writer: a local one (a depthwise 3x3 conv, pooled) and a
@@ -40,7 +30,7 @@ activations that live on it, and `gates`: the layers whose outputs write it.
 2. Remove the lowest-importance channels of every group so that the
    parameter count falls by at least `ratio` (`plan_widths`: the same
    fraction everywhere, then the budget the rounding left is filled); wide
-   groups keep a multiple of 8 channels (16 for ECBSR: `Spec.round_to`),
+   groups keep a multiple of 8 channels (16 for ECBSR: `ChannelGroups.round_to`),
    which the CPU kernels vectorize: an odd width saves parameters but
    little time.
 3. Compensate. In execution order, every dense layer that reads a pruned
@@ -55,16 +45,16 @@ activations that live on it, and `gates`: the layers whose outputs write it.
 from __future__ import annotations
 
 import copy
-import functools
-import math
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import count_macs, count_params, own_state
+from .bench import best_of, count_macs
+from .models.arch import ChannelGroups
+from .models.reparam import reparameterize
+from .registry import count_params, own_state
 
 
 class GLCA(nn.Module):
@@ -98,90 +88,9 @@ class GLCA(nn.Module):
         return torch.sigmoid(self.fc(torch.cat([local, glob], dim=1)))  # (B, C)
 
 
-# ---------------------------------------------------------------------------- groups
-
-@dataclass
-class Group:
-    name: str
-    size: int
-    outs: list[nn.Module]  # layers whose output channels are this group
-    ins: list[tuple[nn.Module, int]]  # (layer, offset) reading this group as input channels
-    dws: list[nn.Conv2d] = field(default_factory=list)  # depthwise convs on the group
-    acts: list[nn.Module] = field(default_factory=list)  # per-channel activations (PReLU)
-    gates: list[nn.Module] = field(default_factory=list)  # writers; the first one feeds GLCA
-    # a per-image vector broadcast over positions (the colorizer's global
-    # features): it has as many independent samples as calibration images
-    broadcast: bool = False
-
-
-@dataclass
-class Spec:
-    groups: list[Group]
-    set_widths: Callable[[dict[str, int]], None]  # record pruned widths in the model's config
-    # wide groups keep a multiple of this many channels (see width_step)
-    round_to: int = 8
-
-
-def ecbsr_spec(model) -> Spec:
-    model.reparameterize()
-    convs, acts = list(model.layers), list(model.acts)
-    groups = [Group(str(i), convs[i].out_channels, outs=[convs[i]], ins=[(convs[i + 1], 0)],
-                    acts=[acts[i]], gates=[acts[i]]) for i in range(len(convs) - 1)]
-
-    def set_widths(w):
-        model.cfg.widths = [w[g.name] for g in groups]
-    # dense 3x3 convolutions run well at multiples of 16 channels only (x4 at
-    # 256x256, 2 threads, against 32 everywhere: 24 everywhere 1.09-1.23x
-    # faster, 16 1.68-1.97x; 32/16/24/24/16 1.46-1.64x, 32/16/32/16/16
-    # 1.56-1.82x for 2 % fewer parameters)
-    return Spec(groups, set_widths, round_to=16)
-
-
-def colornet_spec(model) -> Spec:
-    def sep(block):  # SepBlock: dw on the stream, pw reads and writes it
-        return dict(outs=[block.pw], ins=[(block.pw, 0)], dws=[block.dw], gates=[block.pw])
-
-    def merge(*parts):
-        out = dict(outs=[], ins=[], dws=[], gates=[])
-        for p in parts:
-            for k in out:
-                out[k] += p.get(k, [])
-        return out
-
-    m = model
-    ws = m.cfg.stage_widths()
-    mids = [merge(sep(b.conv), dict(outs=[b.ca[2]], ins=[(b.ca[0], 0)] + [(c, 0) for c in b.sa])) for b in m.mid]
-    specs = {
-        "s1": merge(dict(outs=[m.low1[0]], gates=[m.low1[0]]), sep(m.low1[2]),
-                    dict(ins=[(m.low2[0], 0)]),
-                    dict(outs=[m.up1], gates=[m.up1]), sep(m.dec1), dict(ins=[(m.head, 0)])),
-        "s2": merge(dict(outs=[m.low2[0]], gates=[m.low2[0]]), sep(m.low2[2]),
-                    dict(ins=[(m.low3[0], 0)]),
-                    dict(outs=[m.up2], gates=[m.up2]), sep(m.dec2), dict(ins=[(m.up1, 0)])),
-        "s3": merge(dict(outs=[m.low3[0]], gates=[m.low3[0]]), sep(m.low3[2]), *mids,
-                    dict(ins=[(m.glob[0], 0), (m.fuse[0], 0)])),
-        "s3b": merge(dict(outs=[m.fuse[0]], gates=[m.fuse[0]]), sep(m.dec3[0]), sep(m.dec3[1]),
-                     dict(ins=[(m.up2, 0)])),
-        "g1": merge(dict(outs=[m.glob[0]], gates=[m.glob[0]]), sep(m.glob[2]), dict(ins=[(m.glob[3], 0)])),
-        "g2": merge(dict(outs=[m.glob[3]], gates=[m.glob[3]]), sep(m.glob[5]), dict(ins=[(m.glob_fc[0], 0)])),
-        "gvec": merge(dict(outs=[m.glob_fc[0]], gates=[m.glob_fc[0]], ins=[(m.fuse[0], ws["s3"])]),
-                      dict(ins=[(m.classifier, 0)]) if m.classifier is not None else {}),
-    }
-    sizes = dict(ws, gvec=m.cfg.global_dim)
-    groups = [Group(k, sizes[k], broadcast=(k == "gvec"), **v) for k, v in specs.items()]
-
-    def set_widths(w):
-        m.cfg.widths = {k: w[k] for k in ("s1", "s2", "s3", "s3b", "g1", "g2")} | {"ca": ws["ca"]}
-        m.cfg.global_dim = w["gvec"]
-    return Spec(groups, set_widths)
-
-
-SPECS = {"ecbsr": ecbsr_spec, "fusion-colornet": colornet_spec}
-
-
 # ---------------------------------------------------------------------------- scoring
 
-def l1_scores(spec: Spec) -> list[torch.Tensor]:
+def l1_scores(spec: ChannelGroups) -> list[torch.Tensor]:
     """The L1 norm of every weight that writes each channel."""
     out = []
     for g in spec.groups:
@@ -192,7 +101,7 @@ def l1_scores(spec: Spec) -> list[torch.Tensor]:
     return out
 
 
-def glca_scores(model: nn.Module, spec: Spec, batches: Callable[[int], tuple],
+def glca_scores(model: nn.Module, spec: ChannelGroups, batches: Callable[[int], tuple],
                 loss_fn: Callable, steps: int = 150, sparsity: float = 2.0,
                 lr: float = 1e-2, log=print) -> list[torch.Tensor]:
     """Fit GLCA gates on calibration batches with the network frozen; return
@@ -244,21 +153,13 @@ def glca_scores(model: nn.Module, spec: Spec, batches: Callable[[int], tuple],
 
 # ---------------------------------------------------------------------------- pruning
 
-# fine-tuning of pruned upscalers: batch of LR crops, their side, Adam lr.
-# On the x4 cut to 16 channels, 500 steps, CSet14: 27.29 dB with these (half
-# the loss from the HR crop) against 27.20 with batch 16 of 48x48 distilled
-# at 5e-4 (weights/MODEL_CARD.md)
-TUNE_BATCH, TUNE_PATCH, TUNE_LR = 32, 64, 1e-3
-
-
 def width_step(size: int, round_to: int) -> int:
     """The multiple a group of `size` channels keeps: `round_to`, halved
     until the group holds at least two of it (a 24-channel group keeps
     multiples of 8 under a multiple of 16); under 8, none (1). CPU kernels
-    vectorize by 8 channels, and an odd width costs speed for nothing (x4 at
-    256x256, 2 threads: 32 channels 28.3 ms, 21 channels 21.5 ms, 16
-    channels 14.2 ms). The architecture's Spec says which multiple (8, or
-    16 for ECBSR's dense 3x3 convolutions)."""
+    vectorize by 8 channels, and an odd width costs speed for little gain
+    (weights/MODEL_CARD.md, "Pruning"). The architecture's ChannelGroups say
+    which multiple (8, or 16 for ECBSR's dense 3x3 convolutions)."""
     while round_to > 1 and size < 2 * round_to:
         round_to //= 2
     return round_to if round_to >= 8 else 1
@@ -292,7 +193,7 @@ def _in_keep(mod: nn.Module, segments: list[tuple[int, int, torch.Tensor]]) -> t
 
 
 @torch.no_grad()
-def apply_keep(spec: Spec, keeps: list[torch.Tensor]) -> tuple[dict, dict]:
+def apply_keep(spec: ChannelGroups, keeps: list[torch.Tensor]) -> tuple[dict, dict]:
     """Remove channels in place; returns the kept output and input channels of
     every shrunk dense layer (for the refit)."""
     out_keep: dict[nn.Module, torch.Tensor] = {}
@@ -417,7 +318,7 @@ def execution_order(model: nn.Module, x, run: Callable) -> list[nn.Module]:
     return order
 
 
-def prune(model: nn.Module, spec: Spec, keeps: list[torch.Tensor], calib=None,
+def prune(model: nn.Module, spec: ChannelGroups, keeps: list[torch.Tensor], calib=None,
           run: Callable = lambda m, x: m(x), compensate: bool = True) -> None:
     """Remove the channels not in `keeps` in place; with `compensate`, refit
     every dense layer that reads a pruned group on calibration input
@@ -446,11 +347,6 @@ def prune(model: nn.Module, spec: Spec, keeps: list[torch.Tensor], calib=None,
             ys = [y[:, out_keep[mod]] for y in ys]
         xs = _capture(model, [mod], calib, run, "in")[mod]
         _ridge_refit(mod, _rows(mod, xs), _targets(mod, ys), _fixed_columns(mod, fixed.get(mod, [])))
-
-
-def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = F.mse_loss(a.clamp(0, 1), b.clamp(0, 1)).item()
-    return 10 * math.log10(1 / max(mse, 1e-12))
 
 
 def _cost_with(model: nn.Module, spec_fn: Callable, counts: list[int], x: torch.Tensor) -> tuple[int, int]:
@@ -519,109 +415,17 @@ def plan_widths(model: nn.Module, spec_fn: Callable, ratio: float, x: torch.Tens
     return counts
 
 
-# ---------------------------------------------------------------------------- tasks
-
-@dataclass
-class PruneData:
-    """Calibration data of one task: a batch sampler, the compensation batch,
-    held-out batches for quality, the task loss for fitting gates and a
-    quality measure (PSNR, dB); and how to fine-tune: a batch sampler, the
-    loss given the pruned and the unpruned (teacher) model, a learning rate."""
-
-    batches: Callable[[int], tuple]
-    calib: torch.Tensor
-    held: tuple
-    loss: Callable[[nn.Module, tuple], torch.Tensor]
-    quality: Callable[[nn.Module, tuple], float]
-    tune_batches: Callable[[int], tuple]
-    tune_loss: Callable[[nn.Module, nn.Module, tuple], torch.Tensor]
-    tune_lr: float
-    tune_note: str
-
-
-def _distill(net: nn.Module, teacher: nn.Module, b: tuple, truth_share: float = 0.0) -> torch.Tensor:
-    """Fine-tuning loss: L1 to the unpruned model's output on the batch input,
-    with `truth_share` of it L1 to the batch's own target instead."""
-    y = net(b[0])
-    with torch.no_grad():
-        want = teacher(b[0])
-    loss = F.l1_loss(y, want)
-    return loss if not truth_share else (1 - truth_share) * loss + truth_share * F.l1_loss(y, b[1])
-
-
-def sr_data(data: list[str], scale: int, seed: int) -> PruneData:
-    from .train.data import SRPairs, checkpoint_sampler, list_images, load_rgb
-
-    images = load_rgb(list_images(data), min_side=48 * scale)
-    if not images:
-        raise ValueError(f"no calibration image is at least {48 * scale} pixels on each side")
-    pairs = SRPairs(images, scale, 48, seed=seed)
-    held = SRPairs(images, scale, 48, seed=seed + 1).batch(32)
-
-    def quality(net, b):
-        with torch.no_grad():
-            return psnr_db(net(b[0]), b[1])
-
-    # fine-tuning sees more pixels per step (TUNE_BATCH x TUNE_PATCH^2) and
-    # learns from the HR crop as much as from the unpruned model
-    big = [a for a in images if min(a.shape[:2]) >= TUNE_PATCH * scale]
-    tune_pairs = SRPairs(big or images, scale, TUNE_PATCH if big else 48, seed=seed + 2)
-
-    return PruneData(checkpoint_sampler(pairs, 16, seed), pairs.batch(32)[0], held,
-                     lambda net, b: F.l1_loss(net(b[0]), b[1]), quality,
-                     checkpoint_sampler(tune_pairs, TUNE_BATCH, seed), functools.partial(_distill, truth_share=0.5), TUNE_LR,
-                     f"L1 to the unpruned model's output + L1 to the HR crop (half each), batch {TUNE_BATCH} "
-                     f"of {TUNE_PATCH}x{TUNE_PATCH} LR crops, Adam {TUNE_LR:g} cosine")
-
-
-def color_data(data: list[str], seed: int, crop: int = 128) -> PruneData:
-    from .color import lab_to_rgb
-    from .train.colorize import ColorBatches, load_color_images
-    from .train.data import checkpoint_sampler, list_images
-
-    images, _ = load_color_images(list_images(data), short_side=crop + crop // 8)
-    if len(images) < 2:
-        raise ValueError("colorizer pruning needs colour calibration images (--data DIR)")
-    labels = [-100] * len(images)
-    batches_ = ColorBatches(images, labels, crop, seed)
-    held_ = ColorBatches(images, labels, crop, seed + 1).batch(24)
-
-    def loss(net, b):
-        return F.mse_loss(net(b[0]), b[1]) / 100.0
-
-    def to_rgb(l, ab_half):
-        ab = F.interpolate(ab_half, size=l.shape[2:], mode="bilinear", align_corners=False)
-        return lab_to_rgb(torch.cat([l, ab], dim=1))
-
-    def quality(net, b):
-        with torch.no_grad():
-            return psnr_db(to_rgb(b[0], net(b[0])), to_rgb(b[0], b[1]))
-
-    # 48 crops: the refit of a 1x1 layer on 16 overfits them (fidelity to the
-    # unpruned model 43.6 dB on them, 32.5 on held-out crops)
-    return PruneData(checkpoint_sampler(batches_, 12, seed), batches_.batch(48)[0], held_, loss, quality,
-                     checkpoint_sampler(batches_, 12, seed + 3), _distill, 5e-4,
-                     "L1 to the unpruned model's a*b*, batch 12 of 128x128 crops, Adam 5e-4 cosine")
-
-
 def _speeds(models: list[nn.Module], x: torch.Tensor, rounds: int = 7) -> list[float]:
     """Best-of-`rounds` seconds for one forward pass of each model
-    (channels_last, as run), the models timed in turn in every round so
-    that a busy moment of the machine does not land on one of them."""
-    import time
-
+    (channels_last, as run), timed in turn (bench.best_of)."""
     nets = [m.eval().to(memory_format=torch.channels_last) for m in models]
     x = x.to(memory_format=torch.channels_last)
-    best = [float("inf")] * len(nets)
-    with torch.inference_mode():
-        for m in nets:
+
+    def forward(m):
+        with torch.inference_mode():
             m(x)
-        for _ in range(rounds):
-            for i, m in enumerate(nets):
-                t = time.perf_counter()
-                m(x)
-                best[i] = min(best[i], time.perf_counter() - t)
-    return best
+
+    return best_of([lambda m=m: forward(m) for m in nets], repeat=rounds)
 
 
 # ---------------------------------------------------------------------------- orchestration
@@ -633,24 +437,22 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
     by `ratio`; write `out`; return a report with before/after parameters,
     MACs, speed and quality (the unpruned model, and the plain L1-norm
     baseline at the same ratio, measured in the same run)."""
-    from . import registry, weights
+    from . import registry, tasks, weights
     from .train.loop import TrainOptions, TrainTask, train
 
-    if wf.arch not in SPECS:
+    task = tasks.get(wf.task, wf.path)
+    spec_fn = registry.ARCHS[wf.arch].channel_groups if wf.arch in registry.ARCHS else None
+    if spec_fn is None:
+        prunable = [a.id for a in registry.ARCHS.values() if a.channel_groups]
         raise NotImplementedError(f"pruning {wf.arch!r} models is not supported "
-                                  f"(supported: {', '.join(SPECS)})")
+                                  f"(supported: {', '.join(prunable)})")
     if not data and (criterion == "glca" or compensate or steps):
         raise ValueError("GLCA scoring, compensation and fine-tuning need calibration images: --data DIR")
     torch.manual_seed(seed)
-    base = registry.build_from_weights(wf).eval()
-    spec_fn = SPECS[wf.arch]
-    spec_fn(base)  # ECBSR: fold first; the folded form is what is pruned and what runs
-    pd = None
-    if data:
-        pd = sr_data(data, wf.scale, seed) if wf.task == "upscale" else color_data(data, seed)
-    # the speed input (MACs are counted on it too): a 256x256 RGB image for
-    # an upscaler, L in [0, 100] for the colorizer
-    x = torch.rand(1, 3, 256, 256) if wf.task == "upscale" else torch.rand(1, 1, 256, 256) * 100
+    # the folded form is what is pruned and what runs
+    base = reparameterize(registry.build_from_weights(wf)).eval()
+    pd = task.calibration(data, wf.scale, seed) if data else None
+    x = task.timing_input()  # MACs are counted on it too
     spec0 = spec_fn(copy.deepcopy(base))
     round_to = round_to or spec0.round_to
     counts = plan_widths(base, spec_fn, ratio, x, round_to)
@@ -678,7 +480,7 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
     timed: list[nn.Module] = []
 
     def row(name, net):
-        macs = registry.count_macs(net, x)
+        macs = count_macs(net, x)
         net.eval()
         timed.append(copy.deepcopy(net))
         report["rows"].append({
@@ -696,11 +498,11 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
         teacher = base.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-        task = TrainTask(arch=wf.arch, task=wf.task, scale=wf.scale, model=pruned, config=pruned.config(),
+        tune = TrainTask(arch=wf.arch, task=task.name, scale=wf.scale, model=pruned, config=pruned.config(),
                          batch=pd.tune_batches, loss=lambda net, b: pd.tune_loss(net, teacher, b))
         tmp = out.with_name(out.name + ".finetune") if out else None
         try:
-            train(task, TrainOptions(steps=steps, out=tmp, lr=pd.tune_lr, warmup=0, save_every=10**9,
+            train(tune, TrainOptions(steps=steps, out=tmp, lr=pd.tune_lr, warmup=0, save_every=10**9,
                                      log=log, resume=False))
         finally:
             for p in (tmp, tmp.with_name(tmp.name + ".state")) if tmp else ():

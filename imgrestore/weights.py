@@ -49,8 +49,10 @@ def save(
     scale: int,
     provenance: dict | None = None,
 ) -> None:
-    """Write tensors + metadata atomically (temporary file, then rename)."""
-    from safetensors.torch import save_file
+    """Write tensors + metadata atomically (io.write_atomic), replacing `path`."""
+    from safetensors.torch import save as to_bytes
+
+    from .io import write_atomic
 
     path = Path(path)
     meta = {
@@ -62,13 +64,7 @@ def save(
         "provenance": json.dumps(provenance or {}, sort_keys=True),
     }
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(to_bytes(tensors, metadata=meta), path, overwrite=True)
 
 
 def read(path: str | os.PathLike) -> WeightsFile:

@@ -22,10 +22,10 @@ def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch
     return model
 
 
-def tiny_sr_file(path: Path, scale: int = 2, channels: int = 4, blocks: int = 1) -> Path:
+def tiny_sr_file(path: Path, scale: int = 2, channels: int = 4, blocks: int = 1, task: str = "upscale") -> Path:
     config = dict(scale=scale, colors=3, channels=channels, blocks=blocks, mid_mult=1.0)
     model = randomize(ECBSR(**config))
-    weights.save(path, model.state_dict(), arch="ecbsr", config=config, task="upscale",
+    weights.save(path, model.state_dict(), arch="ecbsr", config=config, task=task,
                  scale=scale, provenance={"note": "random test model"})
     return path
 
@@ -49,6 +49,19 @@ def tiny_color(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "tiny-color.safetensors"
     weights.save(path, model.state_dict(), arch="fusion-colornet", config=cfg, task="colorize", scale=1)
     return path
+
+
+# task -> the fixture above that writes a tiny random model of it
+TINY_MODELS = {"upscale": "tiny_x2", "colorize": "tiny_color"}
+
+
+@pytest.fixture
+def tiny_model(request):
+    """A task's name -> the path of a tiny random model of that task."""
+    def get(task: str) -> Path:
+        assert task in TINY_MODELS, f"task {task!r} has no tiny model: add a fixture and a TINY_MODELS entry"
+        return request.getfixturevalue(TINY_MODELS[task])
+    return get
 
 
 def noise_image(h: int, w: int, mode: str = "RGB", seed: int = 0) -> Image.Image:

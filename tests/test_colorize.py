@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import noise_image
 from imgrestore import load
 from imgrestore.color import colorfulness, lab_to_rgb, luminance, rgb_to_lab
-from imgrestore.restorer import bilinear_matrix, colorize_pixels, render_dims
+from imgrestore.tasks.colorize import bilinear_matrix, colorize_pixels, render_dims
 
 
 def test_lab_known_values_and_roundtrip():
@@ -57,14 +57,11 @@ def test_network_cost_independent_of_size():
 
 
 def test_reference_changes_colours(tiny_color):
-    r = load(tiny_color, device="cpu")
     px = np.asarray(noise_image(32, 32))
-    plain = r(px)
-    r.set_reference(_picture(np.asarray(noise_image(40, 40, seed=7)) // 4))
-    styled = r(px)
-    r.set_reference(None)
+    plain = load(tiny_color, device="cpu")(px)
+    styled = load(tiny_color, device="cpu", reference=_picture(np.asarray(noise_image(40, 40, seed=7)) // 4))(px)
     assert np.abs(plain.astype(int) - styled.astype(int)).max() > 0
-    assert np.array_equal(r(px), plain)
+    assert np.array_equal(load(tiny_color, device="cpu", reference=None)(px), plain)
 
 
 def _picture(px):

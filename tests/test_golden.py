@@ -30,7 +30,7 @@ import pytest
 from PIL import Image
 
 import imgrestore
-from imgrestore.restorer import colorize_pixels
+from imgrestore.tasks.colorize import colorize_pixels
 
 GOLDEN = Path(__file__).parent / "golden"
 TOLERANCE = 1  # max abs difference, in code values of the output's dtype
@@ -131,9 +131,8 @@ def test_upscale_x2_tiled(regen_golden):
 
 @pytest.fixture
 def colorizer(tiny_color):
-    r = imgrestore.load(tiny_color, device="cpu")
-    assert hasattr(r, "render_size"), "ColorizeRestorer lost its render_size attribute"
-    r.render_size = 64
+    r = imgrestore.load(tiny_color, device="cpu", render_size=64)
+    assert r.render_size == 64, "ColorizeRestorer lost its render_size setting"
     return r
 
 

@@ -66,9 +66,11 @@ def test_16bit_gray_png():
 
 def test_modes_palette_cmyk_gray_alpha():
     pal = noise_image(8, 8).convert("P")
+    pal.putpixel((0, 0), 0)  # palette index 0, declared transparent, is used
     pal.info["transparency"] = 0
     p = _decode(pal)
-    assert p.pixels.shape[2] == 3 and (p.alpha is not None or p.alpha is None)
+    assert p.pixels.shape[2] == 3 and p.alpha is not None
+    assert np.array_equal(p.alpha == 0, np.asarray(pal) == 0)  # transparent exactly where index 0 is
     cmyk = _decode(noise_image(8, 8).convert("CMYK"), "JPEG")
     assert cmyk.pixels.shape == (8, 8, 3) and any("CMYK" in n for n in cmyk.notes)
     g = _decode(noise_image(8, 8, "L"))

@@ -14,7 +14,10 @@ from conftest import noise_image, randomize, tiny_sr_file
 from imgrestore import load, registry, weights
 from imgrestore.models.colorize import FusionColorNet
 from imgrestore.models.sr import ECBSR
-from imgrestore.prune import GLCA, SPECS, keep_indices, l1_scores, plan_widths, prune
+from imgrestore.prune import GLCA, keep_indices, l1_scores, plan_widths, prune
+
+# every prunable architecture's channel groups, as the registry declares them
+GROUPS = {a.id: a.channel_groups for a in registry.ARCHS.values() if a.channel_groups}
 
 
 def test_shuffle_brings_far_pixels_together():
@@ -33,7 +36,7 @@ def _toy(arch):
     return model.eval(), lambda n: torch.rand(n, 1, 32, 32) * 100
 
 
-@pytest.mark.parametrize("arch", ["ecbsr", "fusion-colornet"])
+@pytest.mark.parametrize("arch", list(GROUPS))
 def test_compensation_beats_plain_removal_on_a_toy_model(arch):
     torch.manual_seed(0)
     model, inputs = _toy(arch)
@@ -43,7 +46,7 @@ def test_compensation_beats_plain_removal_on_a_toy_model(arch):
     errors = {}
     for comp in (False, True):
         m = copy.deepcopy(model)
-        spec = SPECS[arch](m)
+        spec = GROUPS[arch](m)
         prune(m, spec, keep_indices(l1_scores(spec), [max(1, round(g.size / 2)) for g in spec.groups]), calib,
               compensate=comp)
         with torch.no_grad():
@@ -59,14 +62,14 @@ def test_compensation_beats_plain_removal_on_a_toy_model(arch):
 
 def _sizes(arch):
     model, _ = _toy(arch)
-    return [g.size for g in SPECS[arch](model).groups]
+    return [g.size for g in GROUPS[arch](model).groups]
 
 
-@pytest.mark.parametrize("arch", ["ecbsr", "fusion-colornet"])
+@pytest.mark.parametrize("arch", list(GROUPS))
 @pytest.mark.parametrize("ratio", [0.3, 0.5])
 def test_parameters_fall_as_asked(arch, ratio):
     model, inputs = _toy(arch)
-    spec_fn = SPECS[arch]
+    spec_fn = GROUPS[arch]
     spec_fn(model)
     before = registry.count_params(model)
     counts = plan_widths(model, spec_fn, ratio, inputs(1), round_to=1)
@@ -79,9 +82,9 @@ def test_parameters_fall_as_asked(arch, ratio):
 
 def test_wide_groups_keep_a_multiple_and_fill_the_budget():
     model = ECBSR(scale=4, channels=32, blocks=2).reparameterize()
-    counts = plan_widths(model, SPECS["ecbsr"], 0.5, torch.rand(1, 3, 32, 32))
+    counts = plan_widths(model, GROUPS["ecbsr"], 0.5, torch.rand(1, 3, 32, 32))
     assert all(n % 16 == 0 for n in counts) and counts != [16, 16, 16]  # 21 would be the exact ratio
-    spec = SPECS["ecbsr"](model)
+    spec = GROUPS["ecbsr"](model)
     before = registry.count_params(model)
     prune(model, spec, keep_indices(l1_scores(spec), counts), compensate=False)
     after = registry.count_params(model)
@@ -160,7 +163,7 @@ def test_prune_needs_data(cli, tiny_color, tmp_path):
 def test_planner_colorizer_and_unreachable_ratios():
     # the colorizer: multiples of 8, within the budget, not far under it
     model = FusionColorNet(width=16, global_size=32, global_dim=64, classes=3, mid_blocks=1).eval()
-    spec_fn = SPECS["fusion-colornet"]
+    spec_fn = GROUPS["fusion-colornet"]
     before = registry.count_params(model)
     counts = plan_widths(model, spec_fn, 0.5, torch.rand(1, 1, 64, 64) * 100)
     sizes = [g.size for g in spec_fn(copy.deepcopy(model)).groups]
@@ -172,9 +175,9 @@ def test_planner_colorizer_and_unreachable_ratios():
     # falling short; a 24-channel layer keeps multiples of 8, not odd widths
     sr = ECBSR(scale=2, channels=32, blocks=2).reparameterize()
     before = registry.count_params(sr)
-    counts = plan_widths(sr, SPECS["ecbsr"], 0.8, torch.rand(1, 3, 16, 16))
-    spec = SPECS["ecbsr"](sr)
+    counts = plan_widths(sr, GROUPS["ecbsr"], 0.8, torch.rand(1, 3, 16, 16))
+    spec = GROUPS["ecbsr"](sr)
     prune(sr, spec, keep_indices(l1_scores(spec), counts), compensate=False)
     assert registry.count_params(sr) <= 0.2 * before
     narrow = ECBSR(scale=2, channels=24, blocks=2).reparameterize()
-    assert all(n % 8 == 0 for n in plan_widths(narrow, SPECS["ecbsr"], 0.5, torch.rand(1, 3, 16, 16)))
+    assert all(n % 8 == 0 for n in plan_widths(narrow, GROUPS["ecbsr"], 0.5, torch.rand(1, 3, 16, 16)))

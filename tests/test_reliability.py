@@ -15,6 +15,8 @@ import pytest
 from PIL import Image
 
 from conftest import noise_image, tree_digest
+from imgrestore import load
+from imgrestore.tasks import TASKS
 
 
 def _cmd(model, *args):
@@ -91,14 +93,14 @@ def test_unwritable_output_folder(cli, tiny_x2, tmp_path):
     assert len(lines) == 3 and all("cannot write" in l for l in lines)
 
 
-@pytest.mark.parametrize("command", ["upscale", "colorize"])
-def test_corpus_of_bad_inputs(cli, tiny_x2, tiny_color, tmp_path, command):
+@pytest.mark.parametrize("command", list(TASKS))
+def test_corpus_of_bad_inputs(cli, tiny_model, tmp_path, command):
     """Every kind of troublesome input in one batch, through every processing
     command: the bad ones get one line each, the odd-but-valid ones are done,
     exit 1, inputs untouched."""
     import io as _io
 
-    model = tiny_x2 if command == "upscale" else tiny_color
+    model = tiny_model(command)
     d = tmp_path / "corpus"
     d.mkdir()
     good = _io.BytesIO()
@@ -129,6 +131,6 @@ def test_corpus_of_bad_inputs(cli, tiny_x2, tiny_color, tmp_path, command):
     done = sorted(p.name for p in out.iterdir())
     assert done == ["anim.png", "cmyk.jpg", "deep16.png", "one_pixel.png", "palette.png", "rotated.jpg"]
     with Image.open(out / "rotated.jpg") as im:
-        s = 2 if command == "upscale" else 1
+        s = load(model).scale
         assert im.size == (4 * s, 8 * s)  # stored 8x4, orientation 6: upright 4x8
     assert tree_digest(d) == before

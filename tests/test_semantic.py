@@ -16,7 +16,7 @@ from imgrestore.errors import WeightsError
 from imgrestore.models.colorize import SemanticColorNet
 from imgrestore.models.encoder import EfficientLite, SameConv
 from imgrestore.registry import COMPONENTS, own_state, weights_dir
-from imgrestore.restorer import colorize_pixels
+from imgrestore.tasks.colorize import colorize_pixels
 
 # a tiny encoder of the same family: four taps (1/4 .. 1/32) and a head
 TINY_ENC = dict(stages=[[1, 3, 1, 1, 8], [1, 3, 2, 2, 8], [1, 5, 2, 2, 8], [1, 3, 2, 2, 16], [1, 3, 2, 2, 16]],

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import tiny_sr_file
-from imgrestore import WeightsError, load, registry, weights
+from imgrestore import ModelNotFound, UnknownTask, WeightsError, load, registry, weights
 
 
 def test_roundtrip_metadata(tmp_path):
@@ -33,7 +33,7 @@ def test_garbage_and_missing(tmp_path):
     junk.write_bytes(b"not a weights file at all")
     with pytest.raises(WeightsError, match="junk.safetensors"):
         load(junk)
-    with pytest.raises(Exception, match="not found"):
+    with pytest.raises(ModelNotFound, match="not found"):
         load(tmp_path / "absent.safetensors")
 
 
@@ -65,12 +65,25 @@ def test_other_architecture(tmp_path):
         load(unknown)
 
 
+# the validation sets every shipped model of a task was measured on
+METRICS_ON = {"upscale": {"CSet5", "CSet14"}, "colorize": {"imagenette-val", "CSet14"}}
+
+
 def test_shipped_models_load_and_describe_themselves():
     for name, m in registry.SHIPPED.items():
         r = load(name, device="cpu")
         assert r.scale == m.scale and r.task == m.task
         prov = r.meta.provenance
         assert prov["steps"] > 0 and "metrics" in prov, name
-        expected = {"CSet5", "CSet14"} if m.task == "upscale" else {"imagenette-val", "CSet14"}
-        assert expected <= set(prov["metrics"]), name
+        assert METRICS_ON[m.task] <= set(prov["metrics"]), name
         json.dumps(prov)
+
+
+def test_unknown_task_is_a_clear_error(tmp_path, cli):
+    """A task this version does not perform is never run as another one."""
+    path = tiny_sr_file(tmp_path / "denoise.safetensors", task="denoise")
+    with pytest.raises(UnknownTask, match=r"denoise\.safetensors: unknown task 'denoise'"):
+        load(path, device="cpu")
+    code, _, err = cli("prune", path, "--ratio", "0.5", "--criterion", "l1", "--no-compensate",
+                       "-o", tmp_path / "small.safetensors")
+    assert code == 2 and "unknown task 'denoise'" in err and "Traceback" not in err

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .arch import ArchSpec, ChannelGroups, Group
+
 AB_RANGE = 110.0  # |a|, |b| bound of the output
 
 
@@ -193,7 +195,9 @@ class SemanticColorNet(nn.Module):
     style. The encoder's tensors live in their own shipped file (they stay the
     same while the decoder is retrained); `encoder.` is never saved here."""
 
-    EXTERNAL = ("encoder.",)  # state-dict prefixes that come from another file
+    # state-dict prefix -> the config field naming the shipped component
+    # (registry.COMPONENTS) whose file holds those tensors
+    EXTERNAL = {"encoder.": "encoder"}
 
     def __init__(self, **kwargs):
         super().__init__()
@@ -273,3 +277,61 @@ class SemanticColorNet(nn.Module):
         if return_logits:
             return ab, (self.classifier(g) if self.classifier is not None else None)
         return ab
+
+
+# ---------------------------------------------------------------------------- what the rest needs to know
+
+def colornet_groups(model: FusionColorNet) -> ChannelGroups:
+    """FusionColorNet's channel groups: each residual stream is one group (a
+    SepBlock adds to its input, a skip is added in the decoder, so the block
+    convs, the skip and the up-projection share channel indices); depthwise
+    convs follow their group; the multi-scale attention multiplies its stream
+    channel by channel (its channel-attention output and its spatial-attention
+    input are on the stream); the fusion layer reads two groups side by side
+    (the local stream and the global vector). The 2-channel a*b* head is never
+    pruned."""
+    def sep(block):  # SepBlock: dw on the stream, pw reads and writes it
+        return dict(outs=[block.pw], ins=[(block.pw, 0)], dws=[block.dw], gates=[block.pw])
+
+    def merge(*parts):
+        out = dict(outs=[], ins=[], dws=[], gates=[])
+        for p in parts:
+            for k in out:
+                out[k] += p.get(k, [])
+        return out
+
+    m = model
+    ws = m.cfg.stage_widths()
+    mids = [merge(sep(b.conv), dict(outs=[b.ca[2]], ins=[(b.ca[0], 0)] + [(c, 0) for c in b.sa])) for b in m.mid]
+    specs = {
+        "s1": merge(dict(outs=[m.low1[0]], gates=[m.low1[0]]), sep(m.low1[2]),
+                    dict(ins=[(m.low2[0], 0)]),
+                    dict(outs=[m.up1], gates=[m.up1]), sep(m.dec1), dict(ins=[(m.head, 0)])),
+        "s2": merge(dict(outs=[m.low2[0]], gates=[m.low2[0]]), sep(m.low2[2]),
+                    dict(ins=[(m.low3[0], 0)]),
+                    dict(outs=[m.up2], gates=[m.up2]), sep(m.dec2), dict(ins=[(m.up1, 0)])),
+        "s3": merge(dict(outs=[m.low3[0]], gates=[m.low3[0]]), sep(m.low3[2]), *mids,
+                    dict(ins=[(m.glob[0], 0), (m.fuse[0], 0)])),
+        "s3b": merge(dict(outs=[m.fuse[0]], gates=[m.fuse[0]]), sep(m.dec3[0]), sep(m.dec3[1]),
+                     dict(ins=[(m.up2, 0)])),
+        "g1": merge(dict(outs=[m.glob[0]], gates=[m.glob[0]]), sep(m.glob[2]), dict(ins=[(m.glob[3], 0)])),
+        "g2": merge(dict(outs=[m.glob[3]], gates=[m.glob[3]]), sep(m.glob[5]), dict(ins=[(m.glob_fc[0], 0)])),
+        "gvec": merge(dict(outs=[m.glob_fc[0]], gates=[m.glob_fc[0]], ins=[(m.fuse[0], ws["s3"])]),
+                      dict(ins=[(m.classifier, 0)]) if m.classifier is not None else {}),
+    }
+    sizes = dict(ws, gvec=m.cfg.global_dim)
+    groups = [Group(k, sizes[k], broadcast=(k == "gvec"), **v) for k, v in specs.items()]
+
+    def set_widths(w):
+        m.cfg.widths = {k: w[k] for k in ("s1", "s2", "s3", "s3b", "g1", "g2")} | {"ca": ws["ca"]}
+        m.cfg.global_dim = w["gvec"]
+    return ChannelGroups(groups, set_widths)
+
+
+# The whole image runs at a working resolution and the caller upsamples the
+# a*b*: there is no receptive radius to tile by, and a tile would see only
+# part of the photo's global features.
+FUSION_ARCH = ArchSpec(id="fusion-colornet", model=FusionColorNet, receptive_radius=lambda c: 0,
+                       size_multiple=8, tile_safe=False, channel_groups=colornet_groups)
+SEMANTIC_ARCH = ArchSpec(id="semantic-colornet", model=SemanticColorNet, receptive_radius=lambda c: 0,
+                         size_multiple=8, tile_safe=False)

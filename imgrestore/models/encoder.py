@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .arch import ArchSpec
+
 # (repeats, kernel, stride, expansion, out channels) of each stage of Lite0
 LITE0_STAGES = [
     (1, 3, 1, 1, 16),
@@ -134,3 +136,7 @@ class _Weighted:
     def __init__(self, conv: SameConv, weight: torch.Tensor):
         self.kernel_size, self.stride, self.groups = conv.kernel_size, conv.stride, conv.groups
         self.weight, self.bias = weight, conv.bias
+
+
+# a shipped component, read by the colorizers that name it; never run alone
+ARCH = ArchSpec(id="efficientnet-lite", model=EfficientLite, receptive_radius=lambda c: 0, tile_safe=False)

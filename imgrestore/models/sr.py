@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .arch import ArchSpec, ChannelGroups, Group
 from .blocks import ECB
 
 
@@ -105,6 +106,34 @@ class ECBSR(nn.Module):
         self.layers = nn.ModuleList(convs)
         self.cfg.deploy = True
         return self
+
+
+def ecbsr_groups(model: ECBSR) -> ChannelGroups:
+    """ECBSR is pruned after folding: the deployed form is a plain chain of
+    3x3 convolutions, each layer's output is one group, read by the next
+    layer. Before folding, the identity branch of a body block would tie a
+    layer's input and output channels together; after folding they are all
+    one kernel, which is what runs. The tail's outputs feed the pixel shuffle
+    in groups of scale**2 (and the global residual) and are never pruned."""
+    model.reparameterize()
+    convs, acts = list(model.layers), list(model.acts)
+    groups = [Group(str(i), convs[i].out_channels, outs=[convs[i]], ins=[(convs[i + 1], 0)],
+                    acts=[acts[i]], gates=[acts[i]]) for i in range(len(convs) - 1)]
+
+    def set_widths(w):
+        model.cfg.widths = [w[g.name] for g in groups]
+    # dense 3x3 convolutions run faster on the CPU only at multiples of 16
+    # channels (measured in weights/MODEL_CARD.md, "Pruning")
+    return ChannelGroups(groups, set_widths, round_to=16)
+
+
+ARCH = ArchSpec(
+    id="ecbsr",
+    model=ECBSR,
+    # head + body + tail 3x3 convs, one pixel each
+    receptive_radius=lambda c: ECBSRConfig(**c).blocks + 2,
+    channel_groups=ecbsr_groups,
+)
 
 
 class FSRCNN(nn.Module):

@@ -1,1 +1,2 @@
-"""Training: data and degradations, tasks, the shared loop."""
+"""Training: the shared loop, and each task's recipe (model, loss,
+provenance); the training pairs and the evaluation are the task's (`tasks/`)."""

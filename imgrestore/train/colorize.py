@@ -1,7 +1,8 @@
-"""Colorization training task.
+"""Colorization training: the colorizers' models, loss and recipes.
 
-Pairs: the L of a colour photo in, its a*b* (at half resolution) out, plus
-the ImageNet class (wnid in the file name) for the classification head.
+Pairs (`tasks.colorize.ColorBatches`): the L of a colour photo in, its a*b*
+(at half resolution) out, plus the ImageNet class (wnid in the file name) for
+the classification head.
 
 Loss = rebalanced L2 (or smooth-L1) on a*b*
      + foreground term of the same kind (the seed's foreground loss)
@@ -31,7 +32,6 @@ settings are chosen without looking at the validation sets.
 from __future__ import annotations
 
 import random
-import re
 import zlib
 from pathlib import Path
 
@@ -42,22 +42,20 @@ from PIL import Image
 
 from ..color import rgb_to_lab
 from ..defaults import TRAIN_COLORIZE
+from ..io import list_images
 from ..models.colorize import AB_RANGE, FusionColorNet
-from .data import checkpoint_sampler, list_images
+from ..tensors import to_tensor
+from ..tasks.base import checkpoint_sampler
+from ..tasks.colorize import TASK, FeatureCache, load_color_images
 from .loop import TrainTask, init_from
 
-WNID = re.compile(r"(n\d{8})")
 BIN = 10.0  # a*b* histogram bin width
 NBINS = int(2 * AB_RANGE // BIN)  # 22 bins per axis
 FG_CHROMA = 15.0  # a*b* distance from the mean chroma that marks foreground
-# Strength of the two colour-keeping terms. lam = 1 is no rebalancing; Zhang
-# et al. use 0.5. In our short CPU runs lam 0.5 with a foreground weight of 1
-# was vivid but too often wrong (imagenette-val 1.7 dB under the gray image
-# at step 1000, colourfulness 89 % of the originals), and lam 0.8 more so
-# (-2.4 dB, 105 %); the first shipped model used lam 0.9 and a foreground
-# weight of 0.5. Against plain L2 on the hold-out slice, lam 0.9 lost 0.5 dB
-# (step 2000), so the defaults (the shipped model's, also the CLI's, in
-# imgrestore.defaults) are no rebalancing and a foreground weight of 0.25.
+# The two colour-keeping terms (rebalancing lambda, foreground weight) are
+# off and light by default (imgrestore.defaults.TRAIN_COLORIZE, the shipped
+# model's settings): stronger ones gave more vivid colours that were more
+# often wrong (weights/MODEL_CARD.md, "Colorizer").
 CLS_WEIGHT = 0.003
 LOSSES = ("l2", "log-l2", "smooth-l1")
 # log-l2: per-image log of the (x10, normalized) squared error; the floor is
@@ -65,29 +63,6 @@ LOSSES = ("l2", "log-l2", "smooth-l1")
 # that of l2 for a typical image (error 0.05 -> 1 / 0.05 = 20-fold, /20)
 LOG_EPS = 1e-3
 LOG_SCALE = 0.05
-
-
-def is_gray(a: np.ndarray) -> bool:
-    small = a[::4, ::4].astype(np.int16)
-    return int(np.abs(small - small[..., :1]).max()) <= 6
-
-
-def load_color_images(files: list[Path], short_side: int) -> tuple[list[np.ndarray], list[str | None]]:
-    """Decode, skip gray ones, resize so the short side is `short_side`."""
-    images, wnids = [], []
-    for f in files:
-        with Image.open(f) as im:
-            im = im.convert("RGB")
-            s = short_side / min(im.size)
-            im = im.resize((max(short_side, round(im.width * s)), max(short_side, round(im.height * s))),
-                           Image.BICUBIC)
-            a = np.asarray(im).copy()
-        if is_gray(a):
-            continue
-        m = WNID.search(f.name)
-        images.append(a)
-        wnids.append(m.group(1) if m else None)
-    return images, wnids
 
 
 def ab_bins(ab: torch.Tensor) -> torch.Tensor:
@@ -102,7 +77,7 @@ def rebalance_weights(images: list[np.ndarray], lam: float = 0.5, sample: int = 
     hist = torch.zeros(NBINS * NBINS, dtype=torch.float64)
     for a in rng.sample(images, min(sample, len(images))):
         small = np.array(Image.fromarray(a).resize((32, 32), Image.BILINEAR))
-        lab = rgb_to_lab(torch.from_numpy(small).permute(2, 0, 1)[None].float() / 255)
+        lab = rgb_to_lab(to_tensor(small))
         hist += torch.bincount(ab_bins(lab[:, 1:]).flatten(), minlength=NBINS * NBINS).double()
     p = hist / hist.sum()
     # smooth with a 3x3 Gaussian on the 2-D bin grid
@@ -114,41 +89,6 @@ def rebalance_weights(images: list[np.ndarray], lam: float = 0.5, sample: int = 
     w = 1.0 / ((1 - lam) * p + lam / q)
     w = w / (p * w).sum()
     return w.float()
-
-
-class ColorBatches:
-    """Random (L, a*b* at half resolution, class) crops.
-
-    With `min_zoom` < 1 every crop is cut at a random zoom-out in
-    [min_zoom, 1] (a square of side crop / zoom, Pillow-resized to `crop`),
-    so the network sees objects at the range of scales the working
-    resolution gives them, and 4,000 photos are not memorized crop for crop
-    (images must then be loaded at short side crop / min_zoom or more)."""
-
-    def __init__(self, images, labels, crop: int, seed: int = 0, min_zoom: float = 1.0):
-        self.images, self.labels, self.crop, self.min_zoom = images, labels, crop, min_zoom
-        self.rng = random.Random(seed)
-
-    def batch(self, n: int):
-        rng, c = self.rng, self.crop
-        crops, labels = [], []
-        for _ in range(n):
-            i = rng.randrange(len(self.images))
-            a = self.images[i]
-            h, w = a.shape[:2]
-            side = c if self.min_zoom >= 1 else min(h, w, round(c / rng.uniform(self.min_zoom, 1.0)))
-            y, x = rng.randrange(h - side + 1), rng.randrange(w - side + 1)
-            crop = a[y:y + side, x:x + side]
-            if side != c:
-                crop = np.asarray(Image.fromarray(crop).resize((c, c), Image.BICUBIC))
-            if rng.random() < 0.5:  # horizontal flip only: colours have an up and a down
-                crop = crop[:, ::-1]
-            crops.append(np.ascontiguousarray(crop))
-            labels.append(self.labels[i])
-        rgb = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div_(255)
-        lab = rgb_to_lab(rgb)
-        ab_half = F.avg_pool2d(lab[:, 1:], 2)  # the network predicts at half resolution
-        return lab[:, :1], ab_half, torch.tensor(labels)
 
 
 def color_loss(pred, logits, ab, y, loss_kind: str, weights: torch.Tensor, rebalance: float,
@@ -192,8 +132,6 @@ def make_task(data: list[str], *, width: int = 32, crop: int = 128, batch: int =
               rebalance: float = TRAIN_COLORIZE["rebalance"], fg_weight: float = TRAIN_COLORIZE["fg_weight"],
               holdout: float = TRAIN_COLORIZE["holdout"],
               min_zoom: float = 1.0, init: Path | None = None, log=print) -> TrainTask:
-    from ..bench import eval_colorize
-
     if loss_kind not in LOSSES:
         raise ValueError(f"unknown loss {loss_kind!r} ({', '.join(LOSSES)})")
     torch.manual_seed(seed)
@@ -209,7 +147,7 @@ def make_task(data: list[str], *, width: int = 32, crop: int = 128, batch: int =
     model = FusionColorNet(**config)
     if init:
         init_from(model, init, log)
-    data_ = ColorBatches(images, labels, crop, seed, min_zoom=min_zoom)
+    data_ = TASK.pairs(images, labels, crop, seed, min_zoom=min_zoom)
 
     sample = checkpoint_sampler(data_, batch, seed)
 
@@ -221,13 +159,13 @@ def make_task(data: list[str], *, width: int = 32, crop: int = 128, batch: int =
     def evaluate(m, limit=None):
         out = {}
         if held:
-            out["holdout"] = eval_colorize(m, held, limit=limit).summary()
+            out["holdout"] = TASK.evaluate(m, held, limit=limit)
         for f in val or []:
-            out[Path(f).name] = eval_colorize(m, f, limit=limit).summary()
+            out[Path(f).name] = TASK.evaluate(m, f, limit=limit)
         return out
 
     return TrainTask(
-        arch="fusion-colornet", task="colorize", scale=1, model=model, config=config,
+        arch="fusion-colornet", task=TASK.name, scale=1, model=model, config=config,
         batch=sample, loss=loss, evaluate=evaluate,
         quick_eval=(lambda m: evaluate(m, limit=60)) if val or held else None,
         provenance=dict(
@@ -245,65 +183,6 @@ def make_task(data: list[str], *, width: int = 32, crop: int = 128, batch: int =
 
 
 # ---------------------------------------------------------------------------- on a frozen encoder
-
-class FeatureCache:
-    """Training crops with the frozen encoder's maps computed once.
-
-    `crops_per_image` crops of every training photo are cut (random zoom-out,
-    position and flip, as `ColorBatches` cuts them), encoded once, and kept
-    as float16 memory maps in `folder` (git-ignored, rebuilt when its key
-    changes): a training step then costs only the decoder. A new seed cuts
-    new crops, so each warm-started session sees fresh ones."""
-
-    def __init__(self, folder: Path, model, source: ColorBatches, count: int, key: dict, log=print,
-                 chunk: int = 32):
-        import json
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.count = count
-        l, ab, _ = source.batch(1)
-        with torch.no_grad():
-            feats = model.encode(l)
-        shapes = dict(l=tuple(l.shape[1:]), ab=tuple(ab.shape[1:]), **{f"f{i}": tuple(f.shape[1:])
-                                                                         for i, f in enumerate(feats)})
-        key = dict(key, count=count, shapes={k: list(v) for k, v in shapes.items()})
-        done = folder / "key.json"
-        fresh = not (done.is_file() and json.loads(done.read_text()) == key)
-        mode = "w+" if fresh else "r"
-        self.arrays = {k: np.lib.format.open_memmap(folder / f"{k}.npy", mode=mode, dtype=np.float16,
-                                                    shape=(count, *shp)) for k, shp in shapes.items()}
-        self.labels = np.lib.format.open_memmap(folder / "labels.npy", mode=mode, dtype=np.int64, shape=(count,))
-        if fresh:
-            done.unlink(missing_ok=True)
-            import time
-
-            t0 = time.time()
-            for i in range(0, count, chunk):
-                n = min(chunk, count - i)
-                l, ab, y = source.batch(n)
-                with torch.no_grad():
-                    feats = model.encode(l)
-                for k, v in zip(["l", "ab"] + [f"f{j}" for j in range(len(feats))], [l, ab, *feats]):
-                    self.arrays[k][i:i + n] = v.numpy().astype(np.float16)
-                self.labels[i:i + n] = y.numpy()
-                if (i // chunk) % 100 == 0:
-                    log(f"encoding training crops: {i + n}/{count} ({time.time() - t0:.0f} s)")
-            for a in [*self.arrays.values(), self.labels]:
-                a.flush()
-            done.write_text(json.dumps(key))
-            log(f"encoded {count} crops into {folder} in {time.time() - t0:.0f} s")
-        else:
-            log(f"reusing the {count} encoded crops in {folder}")
-        self.nfeats = len(feats)
-        self.rng = random.Random(0)
-
-    def batch(self, n: int):
-        idx = sorted(self.rng.randrange(self.count) for _ in range(n))
-        get = lambda k: torch.from_numpy(self.arrays[k][idx].astype(np.float32))  # noqa: E731
-        feats = [get(f"f{j}") for j in range(self.nfeats)]
-        return get("l"), get("ab"), torch.from_numpy(self.labels[idx]), feats
-
 
 def load_encoder(model, path: Path | None = None) -> dict:
     """Fill a SemanticColorNet's frozen encoder from its shipped file (or
@@ -330,7 +209,6 @@ def make_semantic_task(data: list[str], *, width: int = 32, crop: int = 128, bat
     """The colorizer on a frozen pretrained encoder (`SemanticColorNet`).
     With `cache`, the encoder's maps of `crops_per_image` crops per photo are
     computed once (`FeatureCache`); without, every step encodes its crops."""
-    from ..bench import eval_colorize
     from ..models.colorize import SemanticColorNet
     from ..registry import COMPONENTS, component_path
 
@@ -355,7 +233,7 @@ def make_semantic_task(data: list[str], *, width: int = 32, crop: int = 128, bat
     enc_info = load_encoder(model, encoder)
     if init:
         init_from(model, init, log)
-    source = ColorBatches(images, labels, crop, seed, min_zoom=min_zoom)
+    source = TASK.pairs(images, labels, crop, seed, min_zoom=min_zoom)
     if cache:
         count = crops_per_image * len(images)
         key = dict(files=len(files), crop=crop, min_zoom=min_zoom, seed=seed, encoder=enc_info["sha256"],
@@ -378,13 +256,13 @@ def make_semantic_task(data: list[str], *, width: int = 32, crop: int = 128, bat
     def evaluate(m, limit=None):
         out = {}
         if held:
-            out["holdout"] = eval_colorize(m, held, limit=limit).summary()
+            out["holdout"] = TASK.evaluate(m, held, limit=limit)
         for f in val or []:
-            out[Path(f).name] = eval_colorize(m, f, limit=limit).summary()
+            out[Path(f).name] = TASK.evaluate(m, f, limit=limit)
         return out
 
     return TrainTask(
-        arch="semantic-colornet", task="colorize", scale=1, model=model, config=config,
+        arch="semantic-colornet", task=TASK.name, scale=1, model=model, config=config,
         batch=sample, loss=loss, evaluate=evaluate,
         quick_eval=(lambda m: evaluate(m, limit=60)) if val or held else None,
         provenance=dict(

@@ -68,7 +68,7 @@ def _check_images(folder: Path | None, n: int, size: int = 224) -> torch.Tensor:
     crops), else smooth random images."""
     from PIL import Image
 
-    from .data import list_images
+    from ..io import list_images
 
     if folder is not None:
         files = list_images([folder])[:n]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,8 +66,9 @@ def _state_path(out: Path) -> Path:
 
 
 def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, meta: dict) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save as to_bytes
 
+    from ..io import write_atomic
     from ..registry import own_state
 
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in own_state(model).items()}
@@ -81,9 +81,7 @@ def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: 
                 tensors[f"opt.{n}.exp_avg"] = st["exp_avg"].contiguous()
                 tensors[f"opt.{n}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
                 tensors[f"opt.{n}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"step": str(step), "meta": json.dumps(meta)})
-    os.replace(tmp, path)
+    write_atomic(to_bytes(tensors, metadata={"step": str(step), "meta": json.dumps(meta)}), path, overwrite=True)
 
 
 def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[int, dict]:

@@ -7,16 +7,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..io import list_images
 from ..models.sr import ECBSR
-from .data import SRPairs, checkpoint_sampler, list_images, load_rgb
+from ..tasks.base import checkpoint_sampler
+from ..tasks.upscale import TASK, load_rgb
 from .loop import TrainTask, init_from
 
 
 def make_task(data: list[str], scale: int, *, channels: int = 32, blocks: int = 4,
               patch: int = 48, batch: int = 16, val: list[str] | None = None,
               init: Path | None = None, seed: int = 0, log=print) -> TrainTask:
-    from ..bench import eval_sr, model_upscaler
-
     torch.manual_seed(seed)
     config = dict(scale=scale, colors=3, channels=channels, blocks=blocks, mid_mult=2.0)
     model = ECBSR(**config)
@@ -25,7 +25,7 @@ def make_task(data: list[str], scale: int, *, channels: int = 32, blocks: int = 
     files = list_images(data)
     images = load_rgb(files, min_side=patch * scale)
     log(f"loaded {len(images)} training images from {', '.join(map(str, data))}")
-    pairs = SRPairs(images, scale, patch, seed=seed)
+    pairs = TASK.pairs(images, scale, patch, seed=seed)
 
     sample = checkpoint_sampler(pairs, batch, seed)
 
@@ -33,17 +33,13 @@ def make_task(data: list[str], scale: int, *, channels: int = 32, blocks: int = 
         lr, hr = b
         return F.l1_loss(m(lr), hr)
 
-    def evaluate(m):
-        out = {}
-        for folder in val or []:
-            out[Path(folder).name] = eval_sr(model_upscaler(m), folder, scale).summary()
-        return out
+    def evaluate(m, folders=val or []):
+        return {Path(f).name: TASK.evaluate(m, f) for f in folders}
 
     return TrainTask(
-        arch="ecbsr", task="upscale", scale=scale, model=model, config=config,
+        arch="ecbsr", task=TASK.name, scale=scale, model=model, config=config,
         batch=sample, loss=loss, evaluate=evaluate,
-        quick_eval=(lambda m: {Path(val[0]).name: eval_sr(model_upscaler(m), val[0], scale).summary()})
-        if val else None,
+        quick_eval=(lambda m: evaluate(m, val[:1])) if val else None,
         provenance=dict(
             data=[Path(d).name for d in data], images=len(images), patch_lr=patch, batch=batch,
             degradation="pillow bicubic downscale of HR crops zoomed out by U(0.5, 1)",

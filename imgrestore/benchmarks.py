@@ -1,0 +1,103 @@
+"""The `bench` command's runners: a task's quality on folders of photos and
+the speed of the whole read-out, always next to a reference measured in the
+same run (DESIGN.md, "How quality and speed are measured"). The metrics and
+the timer are `bench`'s; the pairs and the evaluation are the task's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .bench import time_call
+from .defaults import DEFAULT_TILE
+from .io import list_images
+from .registry import count_params
+from .tasks import colorize, upscale
+
+
+def _photo_or_noise(folders: list[str], side: int) -> np.ndarray:
+    """A (side, side, 3) uint8 input for timing: the first photo of the
+    first folder resized (a fairer input than noise), else noise."""
+    if folders:
+        with Image.open(list_images([folders[0]])[0]) as im:
+            return np.asarray(im.convert("RGB").resize((side, side), Image.BICUBIC)).copy()
+    return np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+
+
+def _speed_rows(restorer, size: int, folders: list[str]) -> list[dict]:
+    """Speed of the upscaler next to bicubic (Pillow) and an FSRCNN-shaped
+    network (random weights: only its cost matters), same inputs, same run."""
+    from .models.sr import FSRCNN
+
+    s = restorer.scale
+    big = _photo_or_noise(folders, size)
+    out_mp = (size * s) ** 2 / 1e6
+    rows = []
+
+    def add(test, method, seconds, mp):
+        rows.append({"test": test, "method": method, "seconds": seconds, "mp_per_s": mp / seconds})
+
+    add(f"{size}x{size} -> x{s}", f"imgrestore {restorer.name} (uint8 in, uint8 out, tile {DEFAULT_TILE})",
+        time_call(lambda: restorer.run_pixels(big)), out_mp)
+    add(f"{size}x{size} -> x{s}", f"imgrestore {restorer.name} (uint8 in, uint8 out, untiled)",
+        time_call(lambda: restorer.run_pixels(big, tile=None)), out_mp)
+    add(f"{size}x{size} -> x{s}", "bicubic (Pillow)", time_call(lambda: upscale.bicubic_up(big, s)), out_mp)
+    # the reference gets its best layout too: channels_last, whole or tiled
+    fsr = FSRCNN(s).eval().to(memory_format=torch.channels_last)
+    best = None
+    for t in (size, 256, 128):
+        if t > size:
+            continue
+        tiles = [torch.rand(1, 1, t, t).to(memory_format=torch.channels_last) for _ in range((size // t) ** 2)]
+
+        def run_fsrcnn(tiles=tiles):
+            with torch.inference_mode():
+                for y in tiles:
+                    fsr(y)
+
+        sec = time_call(run_fsrcnn)
+        if best is None or sec < best[0]:
+            best = (sec, t)
+    add(f"{size}x{size} -> x{s}", f"FSRCNN-shaped (Y only, d56 s12 m4; network only, best tile {best[1]})",
+        best[0], out_mp)
+    for folder in folders:
+        lrs = [upscale.sr_pair(p, s)[0] for p in list_images([folder])]
+        mp = sum(a.shape[0] * a.shape[1] * s * s for a in lrs) / 1e6
+        name = f"folder {Path(folder).name} ({len(lrs)} images)"
+        add(name, f"imgrestore {restorer.name}",
+            time_call(lambda: [restorer.run_pixels(a) for a in lrs], repeat=2), mp)
+        add(name, "bicubic (Pillow)", time_call(lambda: [upscale.bicubic_up(a, s) for a in lrs], repeat=2), mp)
+    return rows
+
+
+def bench_upscale(restorer, folders: list[str], threads: int, size: int = 512, speed: bool = True) -> dict:
+    quality = {Path(f).name: upscale.eval_sr(restorer.run_pixels, f, restorer.scale).summary() for f in folders}
+    return {
+        "model": restorer.name, "scale": restorer.scale, "params": count_params(restorer.model),
+        "threads": threads, "torch": torch.__version__, "quality": quality,
+        "speed": _speed_rows(restorer, size, folders) if speed else [],
+    }
+
+
+def bench_colorize(restorer, folders: list[str], threads: int, speed: bool = True) -> dict:
+    quality = {Path(f).name: colorize.eval_colorize(restorer.model, f, restorer.render_size,
+                                                    saturation=restorer.saturation).summary() for f in folders}
+    rows = []
+    if speed:
+        for side in (1000, 4900):  # 1 MP and 24 MP
+            img = _photo_or_noise(folders, side)
+            repeat = 2 if side > 2000 else 3
+            sec = time_call(lambda: colorize.colorize_pixels(restorer.model, img, restorer.render_size,
+                                                             saturation=restorer.saturation), repeat=repeat)
+            ref = time_call(lambda: np.asarray(Image.fromarray(img).convert("L").convert("RGB")), repeat=repeat)
+            mp = side * side / 1e6
+            rows.append({"test": f"{side}x{side} ({mp:.0f} MP)", "method": f"imgrestore {restorer.name}",
+                         "seconds": sec, "mp_per_s": mp / sec})
+            rows.append({"test": f"{side}x{side} ({mp:.0f} MP)", "method": "Pillow gray->RGB (reference)",
+                         "seconds": ref, "mp_per_s": mp / ref})
+    return {"model": restorer.name, "params": count_params(restorer.model), "threads": threads,
+            "render_size": restorer.render_size, "saturation": restorer.saturation, "torch": torch.__version__,
+            "quality": quality, "speed": rows}

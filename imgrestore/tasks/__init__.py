@@ -1,0 +1,61 @@
+"""The tasks imgrestore performs, one file each, and the one `TASKS` table.
+
+A task is a `Task` record (`base.py`): its output suffix, its restorer and
+the command's own options, how training pairs are made, how it is evaluated,
+its calibration data for prune and its timing input. Nothing outside this
+package branches on a task's name: it looks the task up here, and a weights
+file whose task is not in the table is an `UnknownTask` error.
+
+Adding a task: a model family in `models/`, a `tasks/NAME.py` ending in its
+`TASK`, an entry below, its weights and tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import UnknownTask, WrongTask
+from . import colorize, upscale
+from .base import Calibration, Task
+
+TASKS: dict[str, Task] = {t.name: t for t in (upscale.TASK, colorize.TASK)}
+
+
+def get(name: str, source: object = "") -> Task:
+    """The task called `name` (the `task` of a weights file `source`);
+    raises `UnknownTask`."""
+    task = TASKS.get(name)
+    if task is None:
+        where = f"{source}: " if source else ""
+        raise UnknownTask(f"{where}unknown task {name!r} (this version knows: {', '.join(TASKS)})")
+    return task
+
+
+def load(model: str | os.PathLike = "upscale-x4", device: str = "auto", task: str | None = None,
+         **settings):
+    """Load a shipped model by name, or any imgrestore weights file by path,
+    ready to run (re-parameterizable branches folded once, here), as its
+    task's restorer built with `settings` (colorize: render_size,
+    saturation, reference). With `task`, a model of another task is a
+    `WrongTask` error."""
+    import torch
+
+    from .. import registry, weights
+    from ..models.reparam import reparameterize
+    from ..restorer import pick_device
+
+    path = registry.resolve(str(model))
+    wf = weights.read(path)
+    net = reparameterize(registry.build_from_weights(wf))
+    t = get(wf.task, wf.path)
+    if task is not None and t.name != task:
+        raise WrongTask(f"model {model} is a {t.name} model, not {get(task).noun}")
+    dev = pick_device(device)
+    net = net.eval().to(dev, memory_format=torch.channels_last)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    name = str(model) if str(model) in registry.SHIPPED else path.stem
+    return t.restorer(net, wf, registry.ARCHS[wf.arch], dev, name, **settings)
+
+
+__all__ = ["TASKS", "Task", "Calibration", "get", "load"]

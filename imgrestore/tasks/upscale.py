@@ -1,0 +1,268 @@
+"""Upscaling x2, x3, x4: what makes it a task.
+
+Pairs and evaluation as DESIGN.md defines them: HR cropped to a multiple of
+the scale, LR its Pillow bicubic downscale (`bicubic_down`, the one both
+training and the benchmark use); PSNR/SSIM on BT.601 Y of the 8-bit outputs
+with `scale` pixels of border cropped, next to bicubic upscaling of the same
+LR measured in the same run.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import click
+import numpy as np
+
+from ..restorer import Restorer
+from .base import Calibration, Task, checkpoint_sampler, distill
+
+# the scale group: which upscaler (`upscale` and `bench upscale`)
+SCALE_OPTIONS = (
+    click.option("--x2", "scale", flag_value=2, help="Upscale 2x."),
+    click.option("--x3", "scale", flag_value=3, help="Upscale 3x."),
+    click.option("--x4", "scale", flag_value=4, help="Upscale 4x (default)."),
+    click.option("--scale", "scale", type=click.IntRange(2, 4), help="Upscale N x (2, 3 or 4)."),
+)
+
+# prune's fine-tuning of upscalers: batch of LR crops, their side, Adam lr
+# (chosen in weights/MODEL_CARD.md, "Pruning": more pixels per step, and half
+# of the loss from the HR crop)
+TUNE_BATCH, TUNE_PATCH, TUNE_LR = 32, 64, 1e-3
+
+
+# ---------------------------------------------------------------------------- pairs
+
+def bicubic_down(hr: np.ndarray, scale: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H // scale, W // scale, 3): Pillow's bicubic
+    downscale, the LR of training and of the benchmark alike."""
+    from PIL import Image
+
+    h, w = hr.shape[:2]
+    return np.asarray(Image.fromarray(hr).resize((w // scale, h // scale), Image.BICUBIC))
+
+
+def bicubic_up(lr: np.ndarray, scale: int) -> np.ndarray:
+    """The baseline: Pillow's bicubic upscale."""
+    from PIL import Image
+
+    h, w = lr.shape[:2]
+    return np.asarray(Image.fromarray(lr).resize((w * scale, h * scale), Image.BICUBIC))
+
+
+def sr_pair(path: Path, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """(LR, HR) uint8 arrays of one photo as the benchmark defines them."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        hr = np.asarray(im.convert("RGB"))
+    h, w = hr.shape[:2]
+    hr = hr[:h - h % scale, :w - w % scale]
+    return bicubic_down(hr, scale), hr
+
+
+def load_rgb(files: list[Path], min_side: int) -> list[np.ndarray]:
+    """Decode every file to an (H, W, 3) uint8 array; skip ones too small."""
+    from PIL import Image
+
+    out = []
+    for f in files:
+        with Image.open(f) as im:
+            im = im.convert("RGB")
+            if min(im.size) >= min_side:
+                out.append(np.asarray(im).copy())
+    return out
+
+
+def augment(*arrays: np.ndarray, rng: random.Random) -> list[np.ndarray]:
+    """The same random flip / 90-degree rotation for every array."""
+    k = rng.randrange(4)
+    flip = rng.random() < 0.5
+    out = []
+    for a in arrays:
+        a = np.rot90(a, k)
+        if flip:
+            a = a[:, ::-1]
+        out.append(np.ascontiguousarray(a))
+    return out
+
+
+class SRPairs:
+    """Random (LR, HR) crops for super-resolution.
+
+    Each HR crop is first taken at a random zoom-out in [min_zoom, 1] (it
+    weakens the sources' JPEG artefacts and widens the range of frequencies
+    seen), then LR is its Pillow bicubic downscale.
+    """
+
+    def __init__(self, images: list[np.ndarray], scale: int, patch: int, min_zoom: float = 0.5,
+                 seed: int = 0):
+        self.images = images
+        self.scale = scale
+        self.patch = patch  # LR patch side
+        self.min_zoom = min_zoom
+        self.rng = random.Random(seed)
+        # sample images in proportion to their area (large photos hold more crops)
+        areas = np.array([a.shape[0] * a.shape[1] for a in images], dtype=np.float64)
+        self.weights = (areas / areas.sum()).tolist()
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        from PIL import Image
+
+        rng = self.rng
+        hr_side = self.patch * self.scale
+        img = rng.choices(self.images, weights=self.weights)[0]
+        h, w = img.shape[:2]
+        zoom = rng.uniform(self.min_zoom, 1.0)
+        src = min(int(round(hr_side / zoom)), h, w)
+        y, x = rng.randrange(h - src + 1), rng.randrange(w - src + 1)
+        crop = img[y:y + src, x:x + src]
+        if src != hr_side:
+            crop = np.asarray(Image.fromarray(crop).resize((hr_side, hr_side), Image.BICUBIC))
+        crop, = augment(crop, rng=rng)
+        return bicubic_down(crop, self.scale), crop
+
+    def batch(self, n: int):
+        """(LR (n, 3, p, p), HR (n, 3, p*s, p*s)) float in [0, 1]."""
+        from ..tensors import to_tensor
+
+        lrs, hrs = zip(*(self.sample() for _ in range(n)))
+        return to_tensor(np.stack(lrs)), to_tensor(np.stack(hrs))
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+def sr_scores(sr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[float, float]:
+    """PSNR and SSIM on Y with `scale` pixels of border cropped."""
+    from ..bench import psnr, ssim, y255
+
+    ys, yh = y255(sr), y255(hr)
+    c = scale
+    ys, yh = ys[c:-c, c:-c], yh[c:-c, c:-c]
+    return psnr(ys, yh), ssim(ys, yh)
+
+
+@dataclass
+class SRResult:
+    folder: str
+    scale: int
+    images: list[dict] = field(default_factory=list)
+
+    def mean(self, key: str) -> float:
+        return float(np.mean([r[key] for r in self.images]))
+
+    def summary(self) -> dict:
+        keys = ("psnr", "ssim", "psnr_bicubic", "ssim_bicubic")
+        out = {k: round(self.mean(k), 4) for k in keys}
+        out["gain_db"] = round(out["psnr"] - out["psnr_bicubic"], 4)
+        out["images"] = len(self.images)
+        return out
+
+
+def eval_sr(upscale: Callable[[np.ndarray], np.ndarray], folder: str | Path, scale: int,
+            limit: int | None = None) -> SRResult:
+    """Run `upscale` (uint8 LR -> uint8 SR) over a folder of HR images."""
+    from ..io import list_images
+
+    res = SRResult(str(folder), scale)
+    for path in list_images([folder])[:limit]:
+        lr, hr = sr_pair(path, scale)
+        p, s = sr_scores(upscale(lr), hr, scale)
+        pb, sb = sr_scores(bicubic_up(lr, scale), hr, scale)
+        res.images.append({"name": path.name, "psnr": p, "ssim": s, "psnr_bicubic": pb, "ssim_bicubic": sb})
+    return res
+
+
+def model_upscaler(model) -> Callable[[np.ndarray], np.ndarray]:
+    """Wrap a raw SR model as uint8 -> uint8 (whole image, no tiling)."""
+    import torch
+
+    from ..tensors import to_pixels, to_tensor
+
+    def run(lr: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return to_pixels(model(to_tensor(lr)))
+
+    return run
+
+
+def evaluate(model, folder: str | Path, limit: int | None = None) -> dict:
+    return eval_sr(model_upscaler(model), folder, model.cfg.scale, limit).summary()
+
+
+# ---------------------------------------------------------------------------- prune
+
+def calibration(data: list[str], scale: int, seed: int) -> Calibration:
+    import functools
+
+    import torch
+    import torch.nn.functional as F
+
+    from ..bench import psnr
+    from ..io import list_images
+
+    images = load_rgb(list_images(data), min_side=48 * scale)
+    if not images:
+        raise ValueError(f"no calibration image is at least {48 * scale} pixels on each side")
+    pairs = SRPairs(images, scale, 48, seed=seed)
+    held = SRPairs(images, scale, 48, seed=seed + 1).batch(32)
+
+    def quality(net, b):
+        with torch.no_grad():
+            return psnr(net(b[0]).clamp(0, 1), b[1].clamp(0, 1), peak=1.0)
+
+    # fine-tuning sees more pixels per step (TUNE_BATCH x TUNE_PATCH^2) and
+    # learns from the HR crop as much as from the unpruned model
+    big = [a for a in images if min(a.shape[:2]) >= TUNE_PATCH * scale]
+    tune_pairs = SRPairs(big or images, scale, TUNE_PATCH if big else 48, seed=seed + 2)
+    return Calibration(
+        checkpoint_sampler(pairs, 16, seed), pairs.batch(32)[0], held,
+        lambda net, b: F.l1_loss(net(b[0]), b[1]), quality,
+        checkpoint_sampler(tune_pairs, TUNE_BATCH, seed), functools.partial(distill, truth_share=0.5), TUNE_LR,
+        f"L1 to the unpruned model's output + L1 to the HR crop (half each), batch {TUNE_BATCH} "
+        f"of {TUNE_PATCH}x{TUNE_PATCH} LR crops, Adam {TUNE_LR:g} cosine")
+
+
+def timing_input():
+    """A 256x256 RGB image."""
+    import torch
+
+    return torch.rand(1, 3, 256, 256)
+
+
+def gmacs_per_output_mp(model, scale: int) -> float:
+    from ..bench import count_macs
+
+    x = timing_input()
+    return count_macs(model.eval(), x) / (x.shape[2] * x.shape[3] * scale**2) * 1e6 / 1e9
+
+
+# ---------------------------------------------------------------------------- the command
+
+def _check(restorer: Restorer, values: dict) -> str | None:
+    scale = values.get("scale")
+    if scale is not None and restorer.scale != scale:
+        return f"upscales x{restorer.scale}, but x{scale} was asked for"
+    return None
+
+
+TASK = Task(
+    name="upscale",
+    noun="an upscaler",
+    help="Upscale images x2, x3 or x4 (files, folders, or - for stdin).",
+    restorer=Restorer,
+    suffix=lambda r: f"_x{r.scale}",
+    options=SCALE_OPTIONS,
+    default_model=lambda values: f"upscale-x{values.get('scale') or 4}",
+    check=_check,
+    pairs=SRPairs,
+    evaluate=evaluate,
+    calibration=calibration,
+    timing_input=timing_input,
+    cost=gmacs_per_output_mp,
+    cost_key="gmacs_per_output_mp",
+    cost_unit="per output MP",
+)
