@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from io import BytesIO
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -210,13 +211,27 @@ class ColorResult:
 
     def summary(self) -> dict:
         m = lambda k: float(np.mean([r[k] for r in self.images]))  # noqa: E731
-        out = {k: round(m(k), 4) for k in ("psnr", "psnr_gray", "colorfulness", "colorfulness_original")}
+        out = {k: round(m(k), 4) for k in ("psnr", "psnr_gray", "colorfulness", "colorfulness_original",
+                                             "auc", "auc_gray")}
         out["gain_db"] = round(out["psnr"] - out["psnr_gray"], 4)
         out["colorfulness_ratio"] = round(out["colorfulness"] / max(1e-6, out["colorfulness_original"]), 4)
         out["seconds_per_mp"] = round(sum(r["seconds"] for r in self.images)
                                       / sum(r["mp"] for r in self.images), 4)
         out["images"] = len(self.images)
         return out
+
+
+AUC_MAX = 150  # a*b* distance thresholds 0..150 (Zhang et al. 2016)
+
+
+def ab_auc(out: np.ndarray, truth: np.ndarray) -> float:
+    """Zhang et al.'s hue accuracy: the share of pixels whose a*b* is within t
+    of the truth's, averaged over t = 0, 1, ..., 150 (1 = every pixel exact).
+    Since sum_t [d <= t] = max(0, 151 - ceil(d)), one pass suffices."""
+    from .color import rgb_to_lab
+
+    d = (rgb_to_lab(to_tensor(out))[:, 1:] - rgb_to_lab(to_tensor(truth))[:, 1:]).norm(dim=1)
+    return float((AUC_MAX + 1 - torch.ceil(d)).clamp(min=0).mean() / (AUC_MAX + 1))
 
 
 def eval_colorize(model, folder: str | Path | list[Path], render_size: int | None = None,
@@ -248,11 +263,38 @@ def eval_colorize(model, folder: str | Path | list[Path], render_size: int | Non
             "name": path.name, "psnr": psnr(out, rgb), "psnr_gray": psnr(gray, rgb),
             "colorfulness": float(colorfulness(to_tensor(out))[0]),
             "colorfulness_original": float(colorfulness(to_tensor(rgb))[0]),
+            "auc": ab_auc(out, rgb), "auc_gray": ab_auc(gray, rgb),
             "seconds": sec, "mp": rgb.shape[0] * rgb.shape[1] / 1e6,
         })
         if limit and len(res.images) >= limit:
             break
     return res
+
+
+def contact_sheet(restorer, files: list[Path], out: Path, rows: int = 8, height: int = 192) -> int:
+    """A picture a person can judge: one row per colour photo, original |
+    gray | colorized, each `height` pixels high; the photos are taken evenly
+    from `files`. Returns the rows written."""
+    from .io import write_atomic
+
+    picks = files if len(files) <= rows else [files[round(i * (len(files) - 1) / (rows - 1))]
+                                              for i in range(rows)]
+    strips = []
+    for path in picks:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im = im.resize((max(1, round(im.width * height / im.height)), height), Image.BICUBIC)
+        rgb = np.asarray(im)
+        gray = np.asarray(im.convert("L").convert("RGB"))
+        strips.append(np.concatenate([rgb, gray, restorer(gray)], axis=1))
+    width = max(s.shape[1] for s in strips)
+    sheet = np.full((height * len(strips) + 4 * (len(strips) - 1), width, 3), 255, np.uint8)
+    for i, s in enumerate(strips):
+        sheet[i * (height + 4):i * (height + 4) + height, :s.shape[1]] = s
+    buf = BytesIO()
+    Image.fromarray(sheet).save(buf, "PNG")
+    write_atomic(buf.getvalue(), Path(out), overwrite=True)
+    return len(strips)
 
 
 def bench_colorize(restorer, folders: list[str], threads: int, speed: bool = True) -> dict:

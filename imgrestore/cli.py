@@ -417,12 +417,16 @@ def bench_upscale(scale, model, threads, size, speed, as_json, folders):
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--speed/--no-speed", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--sheet", type=click.Path(dir_okay=False),
+              help="Also write a contact sheet (original | gray | colorized) of photos from the first FOLDER.")
+@click.option("--sheet-rows", type=click.IntRange(1, 100), default=8, show_default=True)
 @click.argument("folders", nargs=-1, type=click.Path(exists=True, file_okay=False))
-def bench_colorize_cmd(model, render_size, saturation, threads, speed, as_json, folders):
-    """PSNR (RGB) and colourfulness of the colorized luminance of each colour
-    photo in FOLDER against the original, next to the gray-image baseline;
-    seconds per image at 1 MP and 24 MP."""
-    from .bench import bench_colorize
+def bench_colorize_cmd(model, render_size, saturation, threads, speed, as_json, sheet, sheet_rows, folders):
+    """PSNR (RGB), colourfulness and a*b* AuC (hue accuracy) of the colorized
+    luminance of each colour photo in FOLDER against the original, next to the
+    gray-image baseline; seconds per image at 1 MP and 24 MP."""
+    from .bench import bench_colorize, contact_sheet
+    from .train.data import list_images
 
     _setup_torch(threads)
     restorer = _load_restorer(model, "cpu", False)
@@ -430,7 +434,12 @@ def bench_colorize_cmd(model, render_size, saturation, threads, speed, as_json, 
         _fail_usage(f"model {model} is not a colorizer")
     restorer.render_size = render_size
     restorer.saturation = saturation
+    if sheet and not folders:
+        _fail_usage("--sheet needs a FOLDER of photos")
     report = bench_colorize(restorer, list(folders), threads=threads, speed=speed)
+    if sheet:
+        report["sheet"] = dict(file=sheet, rows=contact_sheet(restorer, list_images([folders[0]]), Path(sheet),
+                                                              rows=sheet_rows))
     if as_json:
         click.echo(json.dumps(report))
         return
@@ -441,13 +450,16 @@ def bench_colorize_cmd(model, render_size, saturation, threads, speed, as_json, 
     con.print(f"model {report['model']}, {report['params']:,} parameters, render size "
               f"{report['render_size']}, saturation {report['saturation']:g}, torch threads {threads}")
     t = Table(title="quality (RGB PSNR against the original colour photo)")
-    for c in ("folder", "images", "PSNR", "gray PSNR", "gain dB", "colourfulness", "original", "ratio"):
+    for c in ("folder", "images", "PSNR", "gray PSNR", "gain dB", "colourfulness", "original", "ratio",
+              "a*b* AuC", "gray AuC"):
         t.add_column(c)
     for name, q in report["quality"].items():
         t.add_row(name, str(q["images"]), f"{q['psnr']:.3f}", f"{q['psnr_gray']:.3f}", f"{q['gain_db']:+.3f}",
                   f"{q['colorfulness']:.2f}", f"{q['colorfulness_original']:.2f}",
-                  f"{q['colorfulness_ratio']:.1%}")
+                  f"{q['colorfulness_ratio']:.1%}", f"{q['auc']:.4f}", f"{q['auc_gray']:.4f}")
     con.print(t)
+    if "sheet" in report:
+        con.print(f"contact sheet: {report['sheet']['file']} ({report['sheet']['rows']} rows)")
     _print_speed(con, report["speed"])
 
 
