@@ -546,9 +546,11 @@ def train_upscale(scale, data, val, steps, batch, patch, channels, blocks, lr, i
 @click.option("--threads", type=click.IntRange(1))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--eval-every", type=click.IntRange(1), default=1000, show_default=True)
-@click.option("--loss", "loss_kind", type=click.Choice(["l2", "log-l2", "smooth-l1"]), default="l2",
-              show_default=True, help="Error on a*b*: l2 (the mean), log-l2 (mean over images of the log error: "
-                                      "what a mean PSNR rewards) or smooth-l1 (bolder).")
+@click.option("--loss", "loss_kind", type=click.Choice(["l2", "log-l2", "smooth-l1", "bins", "bins+l2"]),
+              default="l2", show_default=True,
+              help="Error on a*b*: l2 (the mean), log-l2 (mean over images of the log error: what a mean PSNR "
+                   "rewards), smooth-l1 (bolder); semantic only: bins (a distribution over a*b* bins, read out "
+                   "by its annealed mean; Zhang et al.) or bins+l2 (both).")
 @click.option("--rebalance", type=click.FloatRange(0, 1), default=TRAIN_COLORIZE["rebalance"], show_default=True,
               help="Rare-colour rebalancing lambda (1 = none; Zhang et al. use 0.5).")
 @click.option("--fg-weight", type=click.FloatRange(0), default=TRAIN_COLORIZE["fg_weight"], show_default=True,
