@@ -1,5 +1,5 @@
-"""Metrics and timing, nothing else: one PSNR, SSIM, the best-of timer and
-the MAC counter. How each task is measured with them (which pairs, which
+"""Metrics and timing, nothing else: one PSNR, SSIM, the a*b* AuC, the
+best-of timer and the MAC counter. How each task is measured with them (which pairs, which
 baseline) is the task's (`tasks/`); the `bench` command's runners are in
 `benchmarks.py` (DESIGN.md, "How quality and speed are measured")."""
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .color import rgb_to_y
+from .color import rgb_to_lab, rgb_to_y
 from .tensors import to_tensor
 
 
@@ -45,6 +45,17 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     sxy = F.conv2d(x * y, w) - mx * my
     m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
     return float(m.mean())
+
+
+AUC_MAX = 150  # a*b* distance thresholds 0..150 (Zhang et al. 2016)
+
+
+def ab_auc(out: np.ndarray, truth: np.ndarray) -> float:
+    """Zhang et al.'s hue accuracy: the share of pixels whose a*b* is within t
+    of the truth's, averaged over t = 0, 1, ..., 150 (1 = every pixel exact).
+    Since sum_t [d <= t] = max(0, 151 - ceil(d)), one pass suffices."""
+    d = (rgb_to_lab(to_tensor(out))[:, 1:] - rgb_to_lab(to_tensor(truth))[:, 1:]).norm(dim=1)
+    return float((AUC_MAX + 1 - torch.ceil(d)).clamp(min=0).mean() / (AUC_MAX + 1))
 
 
 def best_of(fns: list[Callable[[], object]], repeat: int = 3, warmup: int = 1) -> list[float]:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from .bench import time_call
 from .defaults import DEFAULT_TILE
-from .io import list_images
+from .io import list_images, write_atomic
 from .registry import count_params
 from .tasks import colorize, upscale
 
@@ -101,3 +101,29 @@ def bench_colorize(restorer, folders: list[str], threads: int, speed: bool = Tru
     return {"model": restorer.name, "params": count_params(restorer.model), "threads": threads,
             "render_size": restorer.render_size, "saturation": restorer.saturation, "torch": torch.__version__,
             "quality": quality, "speed": rows}
+
+
+def contact_sheet(restorer, files: list[Path], out: Path, rows: int = 8, height: int = 192) -> int:
+    """A picture a person can judge: one row per colour photo, original |
+    gray | colorized, each `height` pixels high; the photos are taken evenly
+    from `files`. Returns the rows written."""
+    from io import BytesIO
+
+    picks = files if len(files) <= rows else [files[round(i * (len(files) - 1) / (rows - 1))]
+                                              for i in range(rows)]
+    strips = []
+    for path in picks:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im = im.resize((max(1, round(im.width * height / im.height)), height), Image.BICUBIC)
+        rgb = np.asarray(im)
+        gray = np.asarray(im.convert("L").convert("RGB"))
+        strips.append(np.concatenate([rgb, gray, restorer(gray)], axis=1))
+    width = max(s.shape[1] for s in strips)
+    sheet = np.full((height * len(strips) + 4 * (len(strips) - 1), width, 3), 255, np.uint8)
+    for i, s in enumerate(strips):
+        sheet[i * (height + 4):i * (height + 4) + height, :s.shape[1]] = s
+    buf = BytesIO()
+    Image.fromarray(sheet).save(buf, "PNG")
+    write_atomic(buf.getvalue(), Path(out), overwrite=True)
+    return len(strips)

@@ -400,16 +400,24 @@ def bench_upscale(scale, model, threads, size, speed, as_json, folders):
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--speed/--no-speed", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--sheet", type=click.Path(dir_okay=False),
+              help="Also write a contact sheet (original | gray | colorized) of photos from the first FOLDER.")
+@click.option("--sheet-rows", type=click.IntRange(1, 100), default=8, show_default=True)
 @click.argument("folders", nargs=-1, type=click.Path(exists=True, file_okay=False))
-def bench_colorize_cmd(model, render_size, saturation, threads, speed, as_json, folders):
-    """PSNR (RGB) and colourfulness of the colorized luminance of each colour
-    photo in FOLDER against the original, next to the gray-image baseline;
-    seconds per image at 1 MP and 24 MP."""
-    from .benchmarks import bench_colorize
+def bench_colorize_cmd(model, render_size, saturation, threads, speed, as_json, sheet, sheet_rows, folders):
+    """PSNR (RGB), colourfulness and a*b* AuC (hue accuracy) of the colorized
+    luminance of each colour photo in FOLDER against the original, next to the
+    gray-image baseline; seconds per image at 1 MP and 24 MP."""
+    from .benchmarks import bench_colorize, contact_sheet
 
+    if sheet and not folders:
+        _fail_usage("--sheet needs a FOLDER of photos")
     _setup_torch(threads)
     restorer = _load_restorer(model, "cpu", False, "colorize", render_size=render_size, saturation=saturation)
     report = bench_colorize(restorer, list(folders), threads=threads, speed=speed)
+    if sheet:
+        report["sheet"] = dict(file=sheet, rows=contact_sheet(restorer, imgio.list_images([folders[0]]), Path(sheet),
+                                                              rows=sheet_rows))
     if as_json:
         click.echo(json.dumps(report))
         return
@@ -420,13 +428,16 @@ def bench_colorize_cmd(model, render_size, saturation, threads, speed, as_json, 
     con.print(f"model {report['model']}, {report['params']:,} parameters, render size "
               f"{report['render_size']}, saturation {report['saturation']:g}, torch threads {threads}")
     t = Table(title="quality (RGB PSNR against the original colour photo)")
-    for c in ("folder", "images", "PSNR", "gray PSNR", "gain dB", "colourfulness", "original", "ratio"):
+    for c in ("folder", "images", "PSNR", "gray PSNR", "gain dB", "colourfulness", "original", "ratio",
+              "a*b* AuC", "gray AuC"):
         t.add_column(c)
     for name, q in report["quality"].items():
         t.add_row(name, str(q["images"]), f"{q['psnr']:.3f}", f"{q['psnr_gray']:.3f}", f"{q['gain_db']:+.3f}",
                   f"{q['colorfulness']:.2f}", f"{q['colorfulness_original']:.2f}",
-                  f"{q['colorfulness_ratio']:.1%}")
+                  f"{q['colorfulness_ratio']:.1%}", f"{q['auc']:.4f}", f"{q['auc_gray']:.4f}")
     con.print(t)
+    if "sheet" in report:
+        con.print(f"contact sheet: {report['sheet']['file']} ({report['sheet']['rows']} rows)")
     _print_speed(con, report["speed"])
 
 
@@ -513,9 +524,11 @@ def train_upscale(scale, data, val, steps, batch, patch, channels, blocks, lr, i
 @click.option("--threads", type=click.IntRange(1))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--eval-every", type=click.IntRange(1), default=1000, show_default=True)
-@click.option("--loss", "loss_kind", type=click.Choice(["l2", "log-l2", "smooth-l1"]), default="l2",
-              show_default=True, help="Error on a*b*: l2 (the mean), log-l2 (mean over images of the log error: "
-                                      "what a mean PSNR rewards) or smooth-l1 (bolder).")
+@click.option("--loss", "loss_kind", type=click.Choice(["l2", "log-l2", "smooth-l1", "bins", "bins+l2"]),
+              default="l2", show_default=True,
+              help="Error on a*b*: l2 (the mean), log-l2 (mean over images of the log error: what a mean PSNR "
+                   "rewards), smooth-l1 (bolder); semantic only: bins (a distribution over a*b* bins, read out "
+                   "by its annealed mean; Zhang et al.) or bins+l2 (both).")
 @click.option("--rebalance", type=click.FloatRange(0, 1), default=TRAIN_COLORIZE["rebalance"], show_default=True,
               help="Rare-colour rebalancing lambda (1 = none; Zhang et al. use 0.5).")
 @click.option("--fg-weight", type=click.FloatRange(0), default=TRAIN_COLORIZE["fg_weight"], show_default=True,

@@ -123,7 +123,27 @@ def test_wrong_encoder_is_a_clear_error(tiny_semantic, tmp_path, monkeypatch):
         load(path, device="cpu")
 
 
-def test_training_with_cached_features_resumes_and_loads(tiny_semantic, tmp_path):
+def test_bins_head_reads_out_the_annealed_mean():
+    from imgrestore.models.colorize import AB_RANGE, bin_centres
+    from imgrestore.train.colorize import bins_ce
+
+    m = SemanticColorNet(encoder_config=TINY_ENC, width=8, global_dim=16, head="bins").eval()
+    z = torch.full((1, len(bin_centres()), 1, 1), -50.0)
+    z[0, 37] = 10.0  # one bin far above the rest: the read-out is its centre
+    x = torch.zeros(1, m.head.in_channels, 1, 1)
+    with torch.no_grad():
+        m.head.weight.zero_()
+        m.head.bias.copy_(z[0, :, 0, 0])
+        ab, bins = m.read_out(x)
+    assert torch.allclose(ab[0, :, 0, 0], bin_centres()[37], atol=1e-3)
+    out = m(torch.rand(1, 1, 32, 32) * 100)
+    assert out.shape == (1, 2, 16, 16) and out.abs().max() <= AB_RANGE
+    # the soft target of a colour on a bin centre is that bin alone
+    assert bins_ce(z, bin_centres()[37].reshape(1, 2, 1, 1)).item() < 1e-6
+
+
+@pytest.mark.parametrize("loss_kind", ["l2", "bins+l2"])
+def test_training_with_cached_features_resumes_and_loads(tiny_semantic, tmp_path, loss_kind):
     from imgrestore.train.colorize import make_semantic_task
     from imgrestore.train.loop import TrainOptions, train
 
@@ -134,12 +154,13 @@ def test_training_with_cached_features_resumes_and_loads(tiny_semantic, tmp_path
         Image.fromarray(small).resize((48, 40), Image.BILINEAR).save(data / f"n0000000{i}_{i}.png")
     enc_path = weights_dir() / ENC_FILE
     kw = dict(crop=32, batch=4, holdout=0.0, width=8, cache=tmp_path / "cache", crops_per_image=2,
-              encoder=enc_path, log=lambda m: None)
+              encoder=enc_path, log=lambda m: None, loss_kind=loss_kind, rebalance=0.5)
     task = make_semantic_task([str(data)], **kw)
     out = tmp_path / "c.safetensors"
     train(task, TrainOptions(steps=3, out=out, save_every=2, log=lambda m: None))
     wf = weights.read(out)
     assert wf.arch == "semantic-colornet" and wf.provenance["encoder"]["file"] == ENC_FILE
+    assert wf.config["head"] == ("bins" if loss_kind.startswith("bins") else "ab")
     assert not any(k.startswith("encoder.") for k in wf.tensors)
     assert (tmp_path / "cache" / "key.json").is_file()
     # the cache is reused, and a longer run resumes from the state

@@ -30,6 +30,14 @@ from torch import nn
 from .arch import ArchSpec, ChannelGroups, Group
 
 AB_RANGE = 110.0  # |a|, |b| bound of the output
+AB_BIN = 10.0  # a*b* bin width of the "bins" head (and of training's colour histogram)
+AB_BINS = int(2 * AB_RANGE // AB_BIN)  # 22 bins per axis, centres -105, -95, ..., 105
+
+
+def bin_centres() -> torch.Tensor:
+    """(AB_BINS * AB_BINS, 2) a*b* centres, a-major."""
+    c = -AB_RANGE + AB_BIN * (torch.arange(AB_BINS, dtype=torch.float32) + 0.5)
+    return torch.stack(torch.meshgrid(c, c, indexing="ij"), dim=-1).reshape(-1, 2)
 
 
 @dataclass
@@ -176,6 +184,10 @@ class SemanticConfig:
     classes: int = 0  # classification head outputs (0: none)
     mid_blocks: int = 2  # stacked multi-scale attention blocks at 1/16
     widths: dict | None = None  # per-stage overrides: d2, d4, d8, d16, ca
+    # "ab": a*b* regressed (tanh); "bins": a distribution over a*b* bins
+    # (Zhang et al. 2016) read out by its annealed mean at `temperature`
+    head: str = "ab"
+    temperature: float = 0.38
 
 
 class SemanticColorNet(nn.Module):
@@ -228,7 +240,9 @@ class SemanticColorNet(nn.Module):
         self.low = nn.Sequential(nn.Conv2d(1, d2, 3, 2, 1), _act(), SepBlock(d2))
         self.join2 = nn.Sequential(nn.Conv2d(d4 + d2, d2, 1), _act())
         self.mid2 = SepBlock(d2)
-        self.head = nn.Conv2d(d2, 2, 3, padding=1)
+        if cfg.head not in ("ab", "bins"):
+            raise ValueError(f"unknown head {cfg.head!r}")
+        self.head = nn.Conv2d(d2, 2, 3, padding=1) if cfg.head == "ab" else nn.Conv2d(d2, AB_BINS**2, 1)
 
     def config(self) -> dict:
         return asdict(self.cfg)
@@ -260,22 +274,35 @@ class SemanticColorNet(nn.Module):
         x = self.mid8(self.join8(torch.cat([up(x, f8), f8], dim=1)))  # (B, d8, H/8, W/8)
         x = self.mid4(self.join4(torch.cat([up(x, f4), f4], dim=1)))  # (B, d4, H/4, W/4)
         low = self.low(self.normalize(l))  # (B, d2, H/2, W/2)
-        x = self.mid2(self.join2(torch.cat([up(x, low), low], dim=1)))
-        return torch.tanh(self.head(x)) * AB_RANGE
+        return self.mid2(self.join2(torch.cat([up(x, low), low], dim=1)))  # (B, d2, H/2, W/2)
+
+    def read_out(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Decoder features -> (a*b*, bin logits or None)."""
+        if self.cfg.head == "ab":
+            return torch.tanh(self.head(x)) * AB_RANGE, None
+        z = self.head(x)  # (B, Q, h, w)
+        p = torch.softmax(z / self.cfg.temperature, dim=1)
+        ab = torch.einsum("bqhw,qc->bchw", p, bin_centres().to(z))
+        return ab, z
 
     normalize = staticmethod(FusionColorNet.normalize)
 
     def forward(self, l: torch.Tensor, global_from: torch.Tensor | None = None,
-                return_logits: bool = False, feats: list[torch.Tensor] | None = None):
+                return_logits: bool = False, feats: list[torch.Tensor] | None = None,
+                return_bins: bool = False):
         """l: (B, 1, H, W) L in [0, 100], H and W even -> (B, 2, H/2, W/2)
-        a*b* in [-AB_RANGE, AB_RANGE] (and class logits). `feats`: the
-        encoder's maps of `l` when the caller has them (cached in training)."""
+        a*b* in [-AB_RANGE, AB_RANGE] (and class logits; and, with
+        `return_bins`, the bin logits or None). `feats`: the encoder's maps of
+        `l` when the caller has them (cached in training)."""
         feats = self.encode(l) if feats is None else feats
         head = feats[-1] if global_from is None else self.encode(global_from)[-1]
         g = self.global_vector(head)
-        ab = self.decode(l, feats, g)
+        ab, bins = self.read_out(self.decode(l, feats, g))
+        logits = self.classifier(g) if self.classifier is not None else None
+        if return_bins:
+            return ab, logits, bins
         if return_logits:
-            return ab, (self.classifier(g) if self.classifier is not None else None)
+            return ab, logits
         return ab
 
 

@@ -290,7 +290,8 @@ class ColorResult:
 
     def summary(self) -> dict:
         m = lambda k: float(np.mean([r[k] for r in self.images]))  # noqa: E731
-        out = {k: round(m(k), 4) for k in ("psnr", "psnr_gray", "colorfulness", "colorfulness_original")}
+        out = {k: round(m(k), 4) for k in ("psnr", "psnr_gray", "colorfulness", "colorfulness_original",
+                                             "auc", "auc_gray")}
         out["gain_db"] = round(out["psnr"] - out["psnr_gray"], 4)
         out["colorfulness_ratio"] = round(out["colorfulness"] / max(1e-6, out["colorfulness_original"]), 4)
         out["seconds_per_mp"] = round(sum(r["seconds"] for r in self.images)
@@ -301,12 +302,13 @@ class ColorResult:
 
 def eval_colorize(model, folder: str | Path | list[Path], render_size: int | None = None,
                   limit: int | None = None, saturation: float = 1.0) -> ColorResult:
-    """PSNR (RGB) and colourfulness of the colorized luminance of each colour
-    photo against the original, next to the gray image from the same run."""
+    """PSNR (RGB), colourfulness and a*b* AuC of the colorized luminance of
+    each colour photo against the original, next to the gray image from the
+    same run."""
     import torch
     from PIL import Image
 
-    from ..bench import psnr
+    from ..bench import ab_auc, psnr
     from ..color import colorfulness, lab_to_rgb
     from ..io import list_images
     from ..tensors import to_pixels, to_tensor
@@ -330,6 +332,7 @@ def eval_colorize(model, folder: str | Path | list[Path], render_size: int | Non
             "name": path.name, "psnr": psnr(out, rgb), "psnr_gray": psnr(gray, rgb),
             "colorfulness": float(colorfulness(to_tensor(out))[0]),
             "colorfulness_original": float(colorfulness(to_tensor(rgb))[0]),
+            "auc": ab_auc(out, rgb), "auc_gray": ab_auc(gray, rgb),
             "seconds": sec, "mp": rgb.shape[0] * rgb.shape[1] / 1e6,
         })
         if limit and len(res.images) >= limit:

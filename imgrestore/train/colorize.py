@@ -43,21 +43,25 @@ from PIL import Image
 from ..color import rgb_to_lab
 from ..defaults import TRAIN_COLORIZE
 from ..io import list_images
-from ..models.colorize import AB_RANGE, FusionColorNet
-from ..tensors import to_tensor
+from ..models.colorize import AB_BIN, AB_BINS, AB_RANGE, FusionColorNet
 from ..tasks.base import checkpoint_sampler
 from ..tasks.colorize import TASK, FeatureCache, load_color_images
+from ..tensors import to_tensor
 from .loop import TrainTask, init_from
 
-BIN = 10.0  # a*b* histogram bin width
-NBINS = int(2 * AB_RANGE // BIN)  # 22 bins per axis
+BIN = AB_BIN  # a*b* histogram bin width: the bins head's
+NBINS = AB_BINS  # 22 bins per axis
 FG_CHROMA = 15.0  # a*b* distance from the mean chroma that marks foreground
 # The two colour-keeping terms (rebalancing lambda, foreground weight) are
 # off and light by default (imgrestore.defaults.TRAIN_COLORIZE, the shipped
 # model's settings): stronger ones gave more vivid colours that were more
 # often wrong (weights/MODEL_CARD.md, "Colorizer").
 CLS_WEIGHT = 0.003
-LOSSES = ("l2", "log-l2", "smooth-l1")
+LOSSES = ("l2", "log-l2", "smooth-l1", "bins", "bins+l2")
+# bins: cross-entropy of the bins head against soft targets (each true a*b*
+# shared bilinearly by its four nearest bin centres), weighted by rarity when
+# rebalanced (Zhang et al. 2016); bins+l2 adds the l2 term (with foreground)
+# on the annealed-mean read-out, which is what the user sees
 # log-l2: per-image log of the (x10, normalized) squared error; the floor is
 # an a*b* error of about 1.5 units, the scale keeps the term's gradient near
 # that of l2 for a typical image (error 0.05 -> 1 / 0.05 = 20-fold, /20)
@@ -91,10 +95,38 @@ def rebalance_weights(images: list[np.ndarray], lam: float = 0.5, sample: int = 
     return w.float()
 
 
+def bins_ce(z: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+    """(B, Q, h, w) bin logits, (B, 2, h, w) true a*b* -> (B, h, w)
+    cross-entropy against soft targets: the true colour's bilinear weights on
+    its four nearest bin centres."""
+    u = (ab + AB_RANGE) / BIN - 0.5
+    i0 = u.floor().clamp(0, NBINS - 2)
+    f = (u - i0).clamp(0, 1)
+    i0 = i0.long()
+    logp = F.log_softmax(z, dim=1)
+    ce = 0
+    for da in (0, 1):
+        wa = f[:, 0] if da else 1 - f[:, 0]
+        for db in (0, 1):
+            wb = f[:, 1] if db else 1 - f[:, 1]
+            q = (i0[:, 0] + da) * NBINS + (i0[:, 1] + db)  # (B, h, w)
+            ce = ce - wa * wb * logp.gather(1, q[:, None])[:, 0]
+    return ce
+
+
 def color_loss(pred, logits, ab, y, loss_kind: str, weights: torch.Tensor, rebalance: float,
-               fg_weight: float) -> torch.Tensor:
+               fg_weight: float, bins: torch.Tensor | None = None) -> torch.Tensor:
     """The training loss (module docstring) of predicted a*b* `pred` against
-    the truth `ab` (both (B, 2, h, w)) and class logits against `y`."""
+    the truth `ab` (both (B, 2, h, w)) and class logits against `y`; `bins`:
+    the bins head's logits (the "bins" losses)."""
+    if loss_kind.startswith("bins"):
+        ce = bins_ce(bins, ab)
+        total = (ce * weights[ab_bins(ab)]).mean() if rebalance < 1 else ce.mean()
+        if loss_kind == "bins+l2":
+            total = total + color_loss(pred, None, ab, y, "l2", weights, 1.0, fg_weight)
+        if logits is not None and (y >= 0).any():
+            total = total + CLS_WEIGHT * F.cross_entropy(logits, y, ignore_index=-100)
+        return total
     if loss_kind in ("l2", "log-l2"):
         per_px = (pred / AB_RANGE - ab / AB_RANGE).square().sum(1) * 10.0  # x10: a scale like smooth-L1's
     else:
@@ -132,8 +164,8 @@ def make_task(data: list[str], *, width: int = 32, crop: int = 128, batch: int =
               rebalance: float = TRAIN_COLORIZE["rebalance"], fg_weight: float = TRAIN_COLORIZE["fg_weight"],
               holdout: float = TRAIN_COLORIZE["holdout"],
               min_zoom: float = 1.0, init: Path | None = None, log=print) -> TrainTask:
-    if loss_kind not in LOSSES:
-        raise ValueError(f"unknown loss {loss_kind!r} ({', '.join(LOSSES)})")
+    if loss_kind not in LOSSES or loss_kind.startswith("bins"):
+        raise ValueError(f"unknown loss {loss_kind!r} for this architecture ({', '.join(LOSSES[:3])})")
     torch.manual_seed(seed)
     files, held = split_holdout(list_images(data), holdout)
     images, wnids = load_color_images(files, short_side=round(crop / min_zoom) + crop // 8)
@@ -228,7 +260,7 @@ def make_semantic_task(data: list[str], *, width: int = 32, crop: int = 128, bat
     enc_name = next(iter(COMPONENTS))
     enc_wf = wmod.read(encoder or component_path(enc_name))
     config = dict(encoder=enc_name, encoder_config=enc_wf.config, width=width, global_dim=256,
-                  classes=len(classes), mid_blocks=2)
+                  classes=len(classes), mid_blocks=2, head="bins" if loss_kind.startswith("bins") else "ab")
     model = SemanticColorNet(**config)
     enc_info = load_encoder(model, encoder)
     if init:
@@ -243,15 +275,15 @@ def make_semantic_task(data: list[str], *, width: int = 32, crop: int = 128, bat
 
         def loss(m, b):
             l, ab, y, feats = b
-            pred, logits = m(l, return_logits=True, feats=feats)
-            return color_loss(pred, logits, ab, y, loss_kind, weights_, rebalance, fg_weight)
+            pred, logits, bins = m(l, feats=feats, return_bins=True)
+            return color_loss(pred, logits, ab, y, loss_kind, weights_, rebalance, fg_weight, bins)
     else:
         sample = checkpoint_sampler(source, batch, seed)
 
         def loss(m, b):
             l, ab, y = b
-            pred, logits = m(l, return_logits=True)
-            return color_loss(pred, logits, ab, y, loss_kind, weights_, rebalance, fg_weight)
+            pred, logits, bins = m(l, return_bins=True)
+            return color_loss(pred, logits, ab, y, loss_kind, weights_, rebalance, fg_weight, bins)
 
     def evaluate(m, limit=None):
         out = {}
