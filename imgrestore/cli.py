@@ -547,9 +547,14 @@ def train_upscale(scale, data, val, steps, batch, patch, channels, blocks, lr, i
                    "zoom, seed or encoder change).")
 @click.option("--crops-per-image", type=click.IntRange(1), default=6, show_default=True,
               help="semantic with --cache: crops cut and encoded per training photo.")
+@click.option("--dropout", type=click.FloatRange(0, 0.9), default=0.0, show_default=True,
+              help="semantic: channel dropout on the encoder's maps and dropout on the global vector, in "
+                   "training (against memorizing each photo's colours).")
+@click.option("--snapshots", is_flag=True,
+              help="Keep OUTPUT.stepN.safetensors at every --eval-every step, to choose from on the hold-out.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
 def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval_every, loss_kind, rebalance,
-                   fg_weight, holdout, min_zoom, init, arch, cache, crops_per_image, output):
+                   fg_weight, holdout, min_zoom, init, arch, cache, crops_per_image, dropout, snapshots, output):
     """Train the colorizer; writes OUTPUT and OUTPUT.state (resume by
     running the same command again)."""
     from .train.colorize import make_semantic_task, make_task
@@ -565,10 +570,13 @@ def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval
                   init=Path(init) if init else None, log=log)
     if arch == "semantic":
         task = make_semantic_task(list(data), cache=Path(cache) if cache else None,
-                                  crops_per_image=crops_per_image, **common)
+                                  crops_per_image=crops_per_image, dropout=dropout, **common)
+    elif dropout or cache:
+        _fail_usage("--dropout and --cache are for --arch semantic")
     else:
         task = make_task(list(data), **common)
-    run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log))
+    run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log,
+                                 snapshots=snapshots))
 
 
 @cli.command()

@@ -188,6 +188,10 @@ class SemanticConfig:
     # (Zhang et al. 2016) read out by its annealed mean at `temperature`
     head: str = "ab"
     temperature: float = 0.38
+    # training only: channel dropout on the encoder's maps and dropout on the
+    # global vector (a frozen classifier's features name each training photo
+    # well enough for a decoder to memorize its colours)
+    dropout: float = 0.0
 
 
 class SemanticColorNet(nn.Module):
@@ -297,6 +301,10 @@ class SemanticColorNet(nn.Module):
         feats = self.encode(l) if feats is None else feats
         head = feats[-1] if global_from is None else self.encode(global_from)[-1]
         g = self.global_vector(head)
+        p = self.cfg.dropout if self.training else 0.0
+        if p:
+            feats = [F.dropout2d(f, p) for f in feats[:-1]] + [feats[-1]]
+            g = F.dropout(g, p)
         ab, bins = self.read_out(self.decode(l, feats, g))
         logits = self.classifier(g) if self.classifier is not None else None
         if return_bins:

@@ -237,7 +237,8 @@ def make_semantic_task(data: list[str], *, width: int = 32, crop: int = 128, bat
                        fg_weight: float = TRAIN_COLORIZE["fg_weight"],
                        holdout: float = TRAIN_COLORIZE["holdout"], min_zoom: float = 1.0,
                        init: Path | None = None, cache: Path | None = None, crops_per_image: int = 6,
-                       encoder: Path | None = None, log=print) -> TrainTask:
+                       encoder: Path | None = None, dropout: float = 0.0, quick_images: int = 150,
+                       log=print) -> TrainTask:
     """The colorizer on a frozen pretrained encoder (`SemanticColorNet`).
     With `cache`, the encoder's maps of `crops_per_image` crops per photo are
     computed once (`FeatureCache`); without, every step encodes its crops."""
@@ -260,7 +261,8 @@ def make_semantic_task(data: list[str], *, width: int = 32, crop: int = 128, bat
     enc_name = next(iter(COMPONENTS))
     enc_wf = wmod.read(encoder or component_path(enc_name))
     config = dict(encoder=enc_name, encoder_config=enc_wf.config, width=width, global_dim=256,
-                  classes=len(classes), mid_blocks=2, head="bins" if loss_kind.startswith("bins") else "ab")
+                  classes=len(classes), mid_blocks=2, head="bins" if loss_kind.startswith("bins") else "ab",
+                  dropout=dropout)
     model = SemanticColorNet(**config)
     enc_info = load_encoder(model, encoder)
     if init:
@@ -285,27 +287,32 @@ def make_semantic_task(data: list[str], *, width: int = 32, crop: int = 128, bat
             pred, logits, bins = m(l, return_bins=True)
             return color_loss(pred, logits, ab, y, loss_kind, weights_, rebalance, fg_weight, bins)
 
-    def evaluate(m, limit=None):
+    def evaluate(m, limit=None, files=held):
         out = {}
-        if held:
-            out["holdout"] = TASK.evaluate(m, held, limit=limit)
+        if files:
+            out["holdout"] = TASK.evaluate(m, files, limit=limit)
         for f in val or []:
             out[Path(f).name] = TASK.evaluate(m, f, limit=limit)
         return out
 
+    # the periodic check: `quick_images` held-out photos taken evenly from the
+    # whole slice (every folder), none smaller than a training crop
+    sized = [f for f in held if min(Image.open(f).size) >= crop]
+    quick = sized[::max(1, len(sized) // quick_images)][:quick_images]
+
     return TrainTask(
         arch="semantic-colornet", task=TASK.name, scale=1, model=model, config=config,
         batch=sample, loss=loss, evaluate=evaluate,
-        quick_eval=(lambda m: evaluate(m, limit=60)) if val or held else None,
+        quick_eval=(lambda m: evaluate(m, files=quick)) if val or held else None,
         provenance=dict(
             encoder=enc_info,
             data=[Path(d).name for d in data], images=len(images), crop=crop, batch=batch,
             zoom=f"crops cut at a random zoom-out in [{min_zoom}, 1]" if min_zoom < 1 else None,
             features=(f"encoder maps cached for {crops_per_image} crops per photo (seed {seed})" if cache
                       else "encoded every step"),
-            init=Path(init).name if init else None,
+            init=Path(init).name if init else None, dropout=dropout,
             classes=classes, holdout=dict(fraction=holdout, images=len(held), rule="crc32(file name) % 10000 < "
-                                          "fraction x 10000"),
+                                          "fraction x 10000", periodic_check=f"{len(quick)} of them"),
             loss=(f"{loss_kind}" + (f" rebalanced (lam {rebalance})" if rebalance < 1 else "")
                   + (f" + {fg_weight} x foreground {loss_kind} (|ab - mean ab| > {FG_CHROMA})" if fg_weight else "")
                   + f" + {CLS_WEIGHT} x cross-entropy"),

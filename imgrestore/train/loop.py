@@ -46,6 +46,7 @@ class TrainOptions:
     eval_every: int = 2000
     log: Callable[[str], None] = print
     resume: bool = True
+    snapshots: bool = False  # also keep OUT.stepN.safetensors at every periodic evaluation
 
 
 def init_from(model: torch.nn.Module, path: Path, log=print) -> None:
@@ -144,6 +145,9 @@ def train(task: TrainTask, o: TrainOptions) -> dict:
         if task.quick_eval and done % o.eval_every == 0:
             model.eval()
             o.log(f"step {done} eval {json.dumps(task.quick_eval(model))}")
+            if o.snapshots:  # every evaluated step kept, to choose from on the hold-out
+                _write(task, o, done, elapsed0 + time.time() - t0, metrics=None,
+                       out=o.out.with_name(f"{o.out.stem}.step{done}{o.out.suffix}"))
             model.train()
         if done % o.save_every == 0 or done == o.steps:
             _save_state(state, model, opt, done, {"elapsed_s": elapsed0 + time.time() - t0})
@@ -155,7 +159,8 @@ def train(task: TrainTask, o: TrainOptions) -> dict:
     return metrics
 
 
-def _write(task: TrainTask, o: TrainOptions, step: int, elapsed: float, metrics: dict | None) -> None:
+def _write(task: TrainTask, o: TrainOptions, step: int, elapsed: float, metrics: dict | None,
+           out: Path | None = None) -> None:
     prov = dict(task.provenance)
     prov.update(steps=step, planned_steps=o.steps, lr=o.lr, train_minutes=round(elapsed / 60, 1),
                 torch=torch.__version__)
@@ -163,5 +168,5 @@ def _write(task: TrainTask, o: TrainOptions, step: int, elapsed: float, metrics:
         prov["metrics"] = metrics
     from ..registry import own_state
 
-    weights.save(o.out, own_state(task.model), arch=task.arch, config=task.config,
+    weights.save(out or o.out, own_state(task.model), arch=task.arch, config=task.config,
                  task=task.task, scale=task.scale, provenance=prov)
