@@ -39,3 +39,9 @@ class UnknownTask(WeightsError):
 class WrongTask(WeightsError):
     """Raised when a model of one task is given where another task's model
     was asked for (an upscaler to colorize, say)."""
+
+
+class NameCollision(ImgRestoreError):
+    """Raised before any work when two inputs of one batch would be written
+    to the same output name (a.png and a.bmp -> a_x2.png), or when an output
+    would replace another input of the same batch (with overwrite)."""

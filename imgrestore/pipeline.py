@@ -8,6 +8,8 @@ side so memory stays flat over any number of files.
 
 from __future__ import annotations
 
+import io as _io
+import os
 import sys
 import time
 import traceback
@@ -20,7 +22,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from . import io
-from .errors import ImgRestoreError, OutputError, OutputExists
+from .errors import ImgRestoreError, NameCollision, OutputError, OutputExists
 
 
 # outputs at least this large are streamed to PNG band by band
@@ -76,6 +78,34 @@ def target(job: io.Job, o: Options) -> tuple[Path | str, str]:
     return Path(o.output) / rel.parent / f"{rel.stem}{o.dir_suffix}{ext}", fmt
 
 
+def _key(p: Path | str) -> str:
+    return os.path.normcase(os.path.abspath(p))
+
+
+def check_names(jobs: list[io.Job], o: Options) -> None:
+    """Refuse, before any work, a batch in which two inputs would be written
+    to one output name (a.png and a.bmp -> a_x2.png), or, with overwrite, in
+    which an output would replace another input of the same batch. Raises
+    `NameCollision` naming both inputs."""
+    seen: dict[str, io.Job] = {}
+    sources = {_key(j.source): j for j in jobs if j.error is None and j.source != "-"}
+    for job in jobs:
+        if job.error is not None:
+            continue
+        out, _ = target(job, o)
+        if out == "-":
+            continue
+        k = _key(out)
+        if k in seen:
+            raise NameCollision(f"{io.shown(seen[k].name)} and {io.shown(job.name)} would both be written "
+                                f"to {io.shown(out)}; give them different names or process them separately")
+        seen[k] = job
+        other = sources.get(k)
+        if o.overwrite and other is not None and other is not job:
+            raise NameCollision(f"the output of {io.shown(job.name)} would replace "
+                                f"{io.shown(other.name)}, another input of this run")
+
+
 def _same_file(a: Path | str, b: Path | str) -> bool:
     if a == "-" or b == "-":
         return False
@@ -108,7 +138,10 @@ def _precheck(job: io.Job, out: Path | str | None, o: Options) -> tuple[str, str
 
 
 def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
+    """Results, one per job, in order. Raises `NameCollision` (before any
+    work) if two jobs would write one output."""
     jobs = list(jobs)
+    check_names(jobs, o)
     with ThreadPoolExecutor(1, thread_name_prefix="decode") as readers, \
             ThreadPoolExecutor(1, thread_name_prefix="encode") as writers:
         reads: dict[int, Future] = {}
@@ -183,15 +216,34 @@ def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
 
 def _write(pic: io.Picture, out: Path | str, fmt: str, o: Options, res: Result, t0: float) -> None:
     if out == "-":
-        data = io.encode(pic, fmt, o.quality)
-        try:
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
-        except OSError as e:
-            raise OutputError(f"cannot write to stdout ({e.strerror or e})") from None
+        write_stdout(io.encode(pic, fmt, o.quality))
     else:
         io.write_atomic(lambda f: io.encode(pic, fmt, o.quality, f), Path(out), o.overwrite)
     res.seconds = time.perf_counter() - t0
+
+
+def write_stdout(data: bytes) -> None:
+    """All of `data` to stdout, or `OutputError`: a short write (a full disk,
+    a file size limit) is an error, never a cut image reported as done."""
+    try:
+        sys.stdout.flush()
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError, _io.UnsupportedOperation):
+        fd = None
+    if fd is None:  # not a real file (an in-process test runner)
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    view = memoryview(data)
+    try:
+        while view:
+            n = os.write(fd, view[:1 << 20])
+            if n <= 0:
+                raise OSError(0, "short write")
+            view = view[n:]
+    except OSError as e:
+        raise OutputError(f"cannot write to stdout ({e.strerror or e}); "
+                          f"{len(data) - len(view)} of {len(data)} bytes written") from None
 
 
 def _stream_png(restorer, pic: io.Picture, out: Path, o: Options) -> tuple[int, int]:
@@ -212,4 +264,4 @@ def _stream_png(restorer, pic: io.Picture, out: Path, o: Options) -> tuple[int, 
     return w, h
 
 
-__all__ = ["Options", "Result", "run", "target"]
+__all__ = ["Options", "Result", "check_names", "run", "target"]
