@@ -46,6 +46,8 @@ INPUT_OPTIONS = (
                  "(run the same command on N machines or processes)."),
     click.option("--max-pixels", type=click.IntRange(1), default=imgio.DEFAULT_MAX_PIXELS,
                  show_default=True, help="Refuse larger inputs (decompression-bomb guard)."),
+    click.option("--max-output-pixels", type=click.IntRange(1), default=imgio.DEFAULT_MAX_OUTPUT_PIXELS,
+                 show_default=True, help="Refuse inputs whose output would be larger, before any work."),
 )
 OUTPUT_OPTIONS = (
     click.option("-o", "--output", help="Output file (one input), folder (several; sub-folders "
@@ -63,7 +65,7 @@ TILING_OPTIONS = (
                  help="Tile side in input pixels (0: whole image at once)."),
     click.option("--tile-overlap", type=click.IntRange(0), default=None,
                  help="Context pixels around each tile [default: the model's receptive "
-                 "radius, which makes tiling exact]."),
+                 "radius, which makes a tiled result equal the untiled one within 1/255]."),
 )
 RUNTIME_OPTIONS = (
     click.option("--model", "model", help="Shipped model name or a .safetensors path."),
@@ -130,7 +132,7 @@ def _load_restorer(model: str, device: str, debug: bool, task: str, **settings):
 
 
 def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, suffix, tile, tile_overlap,
-               overwrite, shard, max_pixels, quiet, as_json, debug, default_suffix):
+               overwrite, shard, max_pixels, max_output_pixels, quiet, as_json, debug, default_suffix):
     """Find inputs, run the pipeline, render progress and per-file lines,
     return the exit status."""
     from rich.console import Console
@@ -171,7 +173,7 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, suffix, til
                    suffix=default_suffix if suffix is None else suffix, dir_suffix=suffix or "",
                    format=fmt, quality=quality,
                    tile=tile or None, overlap=tile_overlap, overwrite=overwrite,
-                   max_pixels=max_pixels, debug=debug)
+                   max_pixels=max_pixels, max_output_pixels=max_output_pixels, debug=debug)
     try:
         check_names(jobs, opts)  # over the whole list: every shard refuses the same batch
     except NameCollision as e:
@@ -240,7 +242,8 @@ def _interruptible(f):
 
 
 def _process(task: Task, own: dict, *, inputs, output, recursive, model, fmt, quality, suffix, device,
-             threads, overwrite, shard, max_pixels, quiet, as_json, debug, tile=None, tile_overlap=None) -> int:
+             threads, overwrite, shard, max_pixels, max_output_pixels, quiet, as_json, debug, tile=None,
+             tile_overlap=None) -> int:
     """A processing command: the task's model with the task's settings over
     the inputs; returns the exit status."""
     _setup_torch(threads)
@@ -252,7 +255,8 @@ def _process(task: Task, own: dict, *, inputs, output, recursive, model, fmt, qu
         _fail_usage(f"model {model} {problem}")
     return _run_batch(restorer, inputs, output=output, recursive=recursive, fmt=fmt, quality=quality,
                       suffix=suffix, tile=tile, tile_overlap=tile_overlap, overwrite=overwrite,
-                      shard=shard, max_pixels=max_pixels, quiet=quiet, as_json=as_json, debug=debug,
+                      shard=shard, max_pixels=max_pixels,
+                      max_output_pixels=max_output_pixels, quiet=quiet, as_json=as_json, debug=debug,
                       default_suffix=task.suffix(restorer))
 
 

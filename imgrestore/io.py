@@ -27,12 +27,19 @@ import numpy as np
 from .errors import InputError, OutputError, OutputExists
 
 # the files taken as images, in folders given as inputs or as data
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif",
+              ".avif")
 # the output formats we write (the --format choices), with their extension
 FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
 # extension -> output format, for the extensions we can write
-EXT_FORMAT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff",
+EXT_FORMAT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".jfif": "jpg", ".webp": "webp", ".tif": "tiff",
               ".tiff": "tiff"}
+# the largest side each output format can hold
+MAX_SIDE = {"jpg": 65_500, "webp": 16_383, "png": 2**31 - 1, "tiff": 2**32 - 1}
+MAX_EXIF = 65_000  # an EXIF block must fit one JPEG APP1 segment (64 KB)
+# generous (x4 of a 6000x4500 photo is 432 MP) but finite: a small file
+# declaring 14000x14000 pixels would otherwise run for many minutes at x2
+DEFAULT_MAX_OUTPUT_PIXELS = 500_000_000
 DEFAULT_MAX_PIXELS = 200_000_000
 _UMASK = os.umask(0)  # read once at import (os.umask is process-wide, not thread-safe)
 os.umask(_UMASK)
@@ -255,19 +262,24 @@ def read_bytes(job: Job) -> bytes:
     return data
 
 
-def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
-    """Decode image bytes into a `Picture`; raises `InputError` with the reason."""
+def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+           check: Callable[[int, int], None] | None = None) -> Picture:
+    """Decode image bytes into a `Picture`; raises `InputError` with the
+    reason. `check(width, height)` runs on the header, before the pixels
+    are decoded (and may raise)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")  # the bomb guard is ours; damage is reported, not warned
             Image.MAX_IMAGE_PIXELS = None  # we check the limit ourselves, with our message
             im = Image.open(_io.BytesIO(data))
             w, h = im.size
             if w * h > max_pixels:
                 raise InputError(f"{w}x{h} is {w * h / 1e6:.0f} MP, over the pixel limit of "
                                  f"{max_pixels / 1e6:.0f} MP (raise it with --max-pixels)")
+            if check is not None:
+                check(w, h)
             fmt = (im.format or "").lower()
             notes = []
             n_frames = getattr(im, "n_frames", 1)
@@ -286,13 +298,18 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     icc = info.get("icc_profile")
     exif, orientation = None, 1
     try:
-        ex = im.getexif()
-        if ex:
-            orientation = ex.get(0x0112, 1)
-            for tag in STRUCTURAL_TAGS & set(ex):
-                del ex[tag]  # a TIFF's layout tags describe its own strips, not our output
-            ex[0x0112] = 1
-            exif = ex.tobytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a corrupt EXIF block: Pillow warns, we note
+            ex = im.getexif()
+            if ex:
+                orientation = ex.get(0x0112, 1)
+                for tag in STRUCTURAL_TAGS & set(ex):
+                    del ex[tag]  # a TIFF's layout tags describe its own strips, not our output
+                ex[0x0112] = 1
+                exif = ex.tobytes()
+                if len(exif) > MAX_EXIF:
+                    notes.append(f"EXIF over 64 KB ({len(exif) // 1024} KB): dropped")
+                    exif = None
     except Exception:  # broken EXIF must not lose the pixels
         exif = None
         notes.append("EXIF unreadable: dropped")
@@ -410,8 +427,9 @@ def _decode_cv2_16(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
     return cv2.cvtColor(a, cv2.COLOR_BGR2RGB), None
 
 
-def read(job: Job, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
-    return decode(read_bytes(job), max_pixels)
+def read(job: Job, max_pixels: int = DEFAULT_MAX_PIXELS,
+         check: Callable[[int, int], None] | None = None) -> Picture:
+    return decode(read_bytes(job), max_pixels, check)
 
 
 # --------------------------------------------------------------------------- writing
@@ -527,7 +545,9 @@ def write_atomic(data: bytes | Callable[[BinaryIO], None], path: Path, overwrite
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # the temporary name must fit where the final one fits (255 bytes)
+        stem = os.fsencode(path.name)[:200].decode(errors="ignore") if os.name != "nt" else path.name[:200]
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise OutputError(f"cannot write in {path.parent} ({e.strerror or e})") from None
     try:

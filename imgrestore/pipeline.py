@@ -25,8 +25,10 @@ from . import io
 from .errors import ImgRestoreError, NameCollision, OutputError, OutputExists
 
 
-# outputs at least this large are streamed to PNG band by band
+# outputs at least this large are streamed band by band, in the formats
+# whose writer takes bands
 STREAM_MIN_PIXELS = 16_000_000
+STREAMED = {"png": io.PngStream, "tiff": io.TiffStream}
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Options:
     overlap: int | None = None  # None: the model's receptive radius (exact tiling)
     overwrite: bool = False
     max_pixels: int = io.DEFAULT_MAX_PIXELS
+    max_output_pixels: int = io.DEFAULT_MAX_OUTPUT_PIXELS
     debug: bool = False
     on_tile: Callable[[int, int], None] | None = None
 
@@ -147,12 +150,16 @@ def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
         reads: dict[int, Future] = {}
         writes: deque[tuple[Result, Future]] = deque()
 
+        def checker(i: int):
+            fmt = target(jobs[i], o)[1]
+            return lambda w, h: _check_output(w * restorer.scale, h * restorer.scale, fmt, o)
+
         def prefetch(i: int) -> None:
             # queue the decode of job i if it will be needed
             if i < len(jobs) and i not in reads and jobs[i].error is None and jobs[i].source != "-":
                 out, _ = target(jobs[i], o)
                 if o.overwrite or out == "-" or not Path(out).exists():
-                    reads[i] = readers.submit(io.read, jobs[i], o.max_pixels)
+                    reads[i] = readers.submit(io.read, jobs[i], o.max_pixels, checker(i))
 
         def drain(block: bool) -> Iterator[Result]:
             while writes and (block or writes[0][1].done()):
@@ -184,13 +191,13 @@ def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
             prefetch(i)
             prefetch(i + 1)  # decode the next input while this one computes
             try:
-                pic = reads.pop(i).result() if i in reads else io.read(job, o.max_pixels)
+                pic = reads.pop(i).result() if i in reads else io.read(job, o.max_pixels, checker(i))
                 res.size_in = pic.size
                 res.notes = list(pic.notes)
                 w, h = pic.size
-                if fmt == "png" and out != "-" and w * h * restorer.scale**2 >= STREAM_MIN_PIXELS:
+                if fmt in STREAMED and out != "-" and w * h * restorer.scale**2 >= STREAM_MIN_PIXELS:
                     yield from drain(True)
-                    res.size_out = _stream_png(restorer, pic, Path(out), o)
+                    res.size_out = _stream(restorer, pic, Path(out), fmt, o)
                     res.seconds = time.perf_counter() - t0
                     yield res
                     continue
@@ -222,6 +229,18 @@ def _write(pic: io.Picture, out: Path | str, fmt: str, o: Options, res: Result, 
     res.seconds = time.perf_counter() - t0
 
 
+def _check_output(w: int, h: int, fmt: str, o: Options) -> None:
+    """Refuse, before the network runs, an output over --max-output-pixels
+    or larger than its format can hold."""
+    if w * h > o.max_output_pixels:
+        raise OutputError(f"the output would be {w}x{h}, {w * h / 1e6:,.0f} MP, over the output limit of "
+                          f"{o.max_output_pixels / 1e6:,.0f} MP (raise it with --max-output-pixels)")
+    side = io.MAX_SIDE.get(fmt)
+    if side and max(w, h) > side:
+        raise OutputError(f"the output would be {w}x{h}, and {fmt.upper()} holds at most {side:,} pixels a "
+                          "side (choose --format png or tiff)")
+
+
 def write_stdout(data: bytes) -> None:
     """All of `data` to stdout, or `OutputError`: a short write (a full disk,
     a file size limit) is an error, never a cut image reported as done."""
@@ -246,19 +265,22 @@ def write_stdout(data: bytes) -> None:
                           f"{len(data) - len(view)} of {len(data)} bytes written") from None
 
 
-def _stream_png(restorer, pic: io.Picture, out: Path, o: Options) -> tuple[int, int]:
-    """Run the network band by band straight into a PNG: the output is never
-    held whole (a 24000x18000 result is 1.3 GB as 8-bit RGB)."""
+def _stream(restorer, pic: io.Picture, out: Path, fmt: str, o: Options) -> tuple[int, int]:
+    """Run the network band by band straight into a PNG or TIFF: the output
+    is never held whole (a 24000x18000 result is 1.3 GB as 8-bit RGB)."""
     desc, bands = restorer.picture_bands(pic, o.tile, o.overlap, o.on_tile)
     h, w, c = desc.pixels.shape
-    channels = c + (1 if desc.has_alpha else 0)
     bits = 16 if desc.pixels.dtype.itemsize == 2 else 8
+    widen = fmt == "tiff" and bits == 16 and c == 1 and desc.has_alpha  # as io.encode writes it
+    c = 3 if widen else c
+    channels = c + (1 if desc.has_alpha else 0)
 
     def writer(f):
-        png = io.PngStream(f, w, h, channels, bits, desc.icc, desc.exif, io.png_level(h * w * c))
+        stream = STREAMED[fmt](f, w, h, channels, bits, desc.icc, desc.exif, io.png_level(h * w * c))
         for _, band, alpha in bands:
-            png.write(np.dstack([band, alpha]) if alpha is not None else band)
-        png.close()
+            band = np.repeat(band, 3, axis=2) if widen else band
+            stream.write(np.dstack([band, alpha]) if alpha is not None else band)
+        stream.close()
 
     io.write_atomic(writer, out, o.overwrite)
     return w, h

@@ -356,3 +356,101 @@ def test_08_tiff_output_keeps_camera_exif_and_icc(cli, tiny_model, tmp_path, com
             assert ex.get_ifd(0x8769).get(0x9003) == "2020:01:01 00:00:00", name
     deep = imgio.decode((out / "deep.tif").read_bytes())
     assert deep.bits == 16 and deep.icc == icc
+
+
+# ---------------------------------------------------------------- 13. outputs too large to make
+
+def _declared_png(path: Path, w: int, h: int) -> Path:
+    """A tiny PNG whose header declares w x h pixels (its data is one row)."""
+    import struct
+    import zlib
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    raw = zlib.compress(b"\0" * (w * 3 + 1))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    return path
+
+
+def test_13_output_over_the_output_limit_is_refused_before_any_work(cli, tiny_x2, tmp_path):
+    import time
+
+    src = _declared_png(tmp_path / "huge.png", 14000, 14000)  # x2: 784 MP
+    t0 = time.perf_counter()
+    code, _, err = cli("upscale", "--model", tiny_x2, src, "-o", tmp_path / "out.png")
+    assert time.perf_counter() - t0 < 20  # not decoded, not computed
+    assert code == 1 and "784 MP" in err and "--max-output-pixels" in err, err
+    assert not (tmp_path / "out.png").exists()
+    code, _, err = cli("upscale", "--model", tiny_x2, src, "-o", tmp_path / "out.png", "--max-output-pixels", 1000)
+    assert code == 1 and "--max-output-pixels" in err
+
+
+@pytest.mark.parametrize("fmt,side", [("jpg", 32_800), ("webp", 8_200)])
+def test_14_format_size_limits_are_checked_before_the_work(cli, tiny_x2, tmp_path, fmt, side):
+    src = tmp_path / "wide.png"
+    noise_image(1, side).save(src)
+    code, _, err = cli("upscale", "--model", tiny_x2, src, "-o", tmp_path / f"out.{fmt}", "--tile", 0)
+    assert code == 1 and "pixels a side" in err and "--format png" in err, err
+
+
+# ---------------------------------------------------------------- 14. names, metadata, the API
+
+def test_14_a_255_byte_output_name_is_written(cli, tiny_x2, tmp_path):
+    name = "a" * (255 - len("_x2.png")) + ".png"
+    noise_image(8, 8).save(tmp_path / name)
+    code, _, err = cli("upscale", "--model", tiny_x2, tmp_path / name)
+    assert code == 0, err
+    assert (tmp_path / (name[:-4] + "_x2.png")).exists()
+
+
+def test_14_exif_over_64_kb_is_dropped_with_a_note(cli, tiny_x2, tmp_path):
+    exif = Image.Exif()
+    exif[0x010F] = "M" * 70_000
+    noise_image(8, 8).save(tmp_path / "big_exif.png", exif=exif.tobytes())
+    code, _, err = cli("upscale", "--model", tiny_x2, tmp_path / "big_exif.png", "-o", tmp_path / "out.jpg")
+    assert code == 0 and "EXIF over 64 KB" in err, err
+    _opened(tmp_path / "out.jpg")
+
+
+def test_14_the_same_input_twice_is_done_once(cli, tiny_x2, tmp_path):
+    noise_image(8, 8).save(tmp_path / "a.png")
+    code, _, err = cli("upscale", "--model", tiny_x2, tmp_path / "a.png", tmp_path / "a.png", "-o", tmp_path / "o")
+    assert code == 0 and "another run" not in err and "1 done, 0 skipped" in err, err
+
+
+def test_14_corrupt_exif_is_quiet_under_q(tmp_path):
+    good = _io.BytesIO()
+    noise_image(8, 8).save(good, format="JPEG")
+    data = good.getvalue()
+    app1 = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\xff\x00\x01"  # 255 entries promised, none there
+    import struct
+
+    bad = data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:]
+    (tmp_path / "bad_exif.jpg").write_bytes(bad)
+    proc = subprocess.run([sys.executable, "-m", "imgrestore", "upscale", "--model", "upscale-x2", "-q",
+                           str(tmp_path / "bad_exif.jpg")], capture_output=True, text=True, env=_env(),
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_14_scans_take_jfif(cli, tiny_x2, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    noise_image(8, 8).save(d / "a.jfif", format="JPEG")
+    code, _, err = cli("upscale", "--model", tiny_x2, d, "-o", tmp_path / "out")
+    assert code == 0 and (tmp_path / "out" / "a.jpg").exists(), err
+
+
+def test_14_api_takes_big_endian_and_refuses_empty(tiny_x2):
+    up = load(tiny_x2)
+    a = (np.arange(8 * 8 * 3, dtype=np.uint16).reshape(8, 8, 3) * 300)
+    np.testing.assert_array_equal(up(a.astype(">u2")), up(a))
+    with pytest.raises(ValueError, match="empty"):
+        up(np.zeros((0, 5, 3), np.uint8))
+
+
+def test_14_tile_overlap_help_promises_what_tiling_keeps(cli):
+    code, out, _ = cli("upscale", "--help")
+    assert "within 1/255" in " ".join(out.decode().split())
