@@ -37,10 +37,33 @@ class ShardType(click.ParamType):
         return int(m[1]), int(m[2])
 
 
+class FormatType(click.ParamType):
+    """An output format, as people spell it: case-insensitive, `jpeg` = `jpg`,
+    `tif` = `tiff`; `auto` (the input's format where we can write it, else
+    PNG) and `same` (another name for it)."""
+
+    name = "FORMAT"
+    ALIASES = {"jpeg": "jpg", "jpe": "jpg", "tif": "tiff", "same": "auto"}
+
+    def convert(self, value, param, ctx):
+        v = str(value).strip().lower().lstrip(".")
+        v = self.ALIASES.get(v, v)
+        if v not in (*imgio.FORMATS, "auto"):
+            self.fail(f"{value!r} is not a format imgrestore writes (choose from "
+                      f"{', '.join([*imgio.FORMATS, 'auto'])}; jpeg, tif and same are accepted too)", param, ctx)
+        return v
+
+    def get_metavar(self, param, ctx=None):
+        return "[" + "|".join([*imgio.FORMATS, "auto"]) + "]"
+
+
 # The option groups every processing command shares (a task adds its own,
 # `Task.options`; a task that does not tile takes no tiling group).
 INPUT_OPTIONS = (
-    click.argument("inputs", nargs=-1, required=True),
+    click.argument("inputs", nargs=-1),
+    click.option("-i", "--input", "more_inputs", multiple=True, metavar="INPUT",
+                 help="An input (file, folder, pattern or -), as Real-ESRGAN spells it; may be repeated, "
+                 "and mixed with INPUTS."),
     click.option("-r", "--recursive", is_flag=True, help="Descend into sub-folders."),
     click.option("--shard", type=ShardType(), help="Process only the deterministic slice K of N "
                  "(run the same command on N machines or processes)."),
@@ -50,25 +73,28 @@ INPUT_OPTIONS = (
                  show_default=True, help="Refuse inputs whose output would be larger, before any work."),
 )
 OUTPUT_OPTIONS = (
-    click.option("-o", "--output", help="Output file (one input), folder (several; sub-folders "
-                 "mirrored) or - for stdout. Default: next to each input with a suffix."),
-    click.option("--format", "fmt", type=click.Choice([*imgio.FORMATS, "same"]),
-                 default="same", show_default=True, help="Output format (same: as the input)."),
+    click.option("-o", "--output", help="Output file if the name has an image extension (one input), "
+                 "else a folder (sub-folders mirrored, names kept), or - for stdout. Default: next to "
+                 "each input with a suffix."),
+    click.option("--format", "fmt", type=FormatType(), default="auto", show_default=True,
+                 help="Output format. auto (or same): -o's extension, else the input's format (its "
+                 "extension spelling kept) where it can be written, else png; jpeg/tif accepted."),
     click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,
                  help="JPEG/WebP quality."),
-    click.option("--suffix", help="Suffix for outputs written next to their input."),
+    click.option("--suffix", help="Suffix of outputs written next to their input (default: _x2/_x3/_x4, "
+                 "_color; with a --model other than the default, its name too, e.g. _x4_x4-small)."),
     click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: skip them, "
                  "so re-running a stopped batch continues where it stopped)."),
 )
 TILING_OPTIONS = (
-    click.option("--tile", type=click.IntRange(0), default=DEFAULT_TILE, show_default=True,
+    click.option("-t", "--tile", type=click.IntRange(0), default=DEFAULT_TILE, show_default=True,
                  help="Tile side in input pixels (0: whole image at once)."),
     click.option("--tile-overlap", type=click.IntRange(0), default=None,
                  help="Context pixels around each tile [default: the model's receptive "
                  "radius, which makes a tiled result equal the untiled one within 1/255]."),
 )
 RUNTIME_OPTIONS = (
-    click.option("--model", "model", help="Shipped model name or a .safetensors path."),
+    click.option("-n", "--model", "model", help="Shipped model name or a .safetensors path."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                  show_default=True),
     click.option("--threads", type=click.IntRange(1), help="CPU threads for the network."),
@@ -106,6 +132,37 @@ def cli() -> None:
 
 def _fail_usage(msg: str):
     raise click.UsageError(msg)
+
+
+def _stdout_is_terminal() -> bool:
+    try:
+        return os.isatty(sys.stdout.fileno())
+    except (AttributeError, ValueError, OSError):
+        return False  # not a real file (an in-process test runner)
+
+
+def _output_is_folder(output: str | None) -> bool:
+    """-o NAME is a file when NAME has an image extension (and is not an
+    existing folder or written with a trailing slash), else a folder."""
+    if output in (None, "-"):
+        return False
+    if Path(output).is_dir() or output.endswith(("/", "\\")):
+        return True
+    return Path(output).suffix.lower() not in imgio.IMAGE_EXTS
+
+
+def _check_output_file(output: str, fmt: str) -> None:
+    """-o FILE: its extension names a format we write, and --format, if
+    given, agrees with it."""
+    ext = Path(output).suffix.lower()
+    ext_fmt = imgio.EXT_FORMAT.get(ext)
+    if ext_fmt is None:
+        _fail_usage(f"-o {output}: imgrestore cannot write {ext[1:].upper()} (it writes "
+                    f"{', '.join(f.upper() for f in imgio.FORMATS)}); choose one of "
+                    f"{', '.join(imgio.FORMATS.values())}")
+    if fmt != "auto" and fmt != ext_fmt:
+        _fail_usage(f"--format {fmt} disagrees with -o {output} (a {ext_fmt.upper()} name); "
+                    f"drop --format or give the name a {imgio.FORMATS[fmt]} extension")
 
 
 def _setup_torch(threads: int | None) -> None:
@@ -147,25 +204,33 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, suffix, til
         raise click.BadParameter(f"{suffix!r} cannot be part of a file name (no '/', '\\' or NUL)",
                                  param_hint="--suffix")
     own = {s for t in TASKS.values() for s in t.output_suffixes} | {default_suffix, suffix or ""}
-    out_dir = output if output not in (None, "-") and (
-        Path(output).is_dir() or output.endswith(("/", "\\")) or len(inputs) > 1 or shard
-        or any(Path(a).is_dir() for a in inputs if a != "-")) else None
+    out_is_dir = _output_is_folder(output)
+    if output == "-" and _stdout_is_terminal():
+        _fail_usage("refusing to write image data to a terminal; redirect stdout (> FILE) or give -o FILE")
+    if output is None and "-" in inputs and _stdout_is_terminal():
+        _fail_usage("the image read from stdin would be written to the terminal; redirect stdout "
+                    "(> FILE) or give -o FILE")
+    if output not in (None, "-") and not out_is_dir:
+        _check_output_file(output, fmt)
+    elif out_is_dir and Path(output).exists() and not Path(output).is_dir():
+        _fail_usage(f"-o {output} names a file without an image extension; give a folder, or a file "
+                    f"name ending in one of {', '.join(imgio.FORMATS.values())}")
     jobs = imgio.find_inputs(list(inputs), recursive=recursive, skip_suffixes=tuple(sorted(own - {""})),
-                             skip_dir=out_dir)
+                             skip_dir=output if out_is_dir else None)
     if sum(1 for j in jobs if j.source == "-") > 1:
         _fail_usage("'-' (stdin) can be given only once")
     if not jobs and not shard:
         _fail_usage("no input images found")
     any_dir = any(Path(a).is_dir() for a in inputs if a != "-")
     many = len(jobs) > 1 or any_dir or shard is not None
-    out_is_dir = False
     if output == "-":
         if many:
             _fail_usage("-o - (stdout) takes exactly one input")
-    elif output is not None:
-        out_is_dir = many or Path(output).is_dir() or output.endswith(("/", "\\"))
-        if many and Path(output).is_file():
-            _fail_usage(f"several inputs need -o to be a folder, and {output} is a file")
+    elif output is not None and many and not out_is_dir:
+        what = "a folder" if any_dir else ("--shard" if shard is not None and len(jobs) <= 1
+                                           else f"{len(jobs)} inputs")
+        _fail_usage(f"{what} cannot be written to one file, {output}; give a folder "
+                    "(-o NAME without an image extension)")
     image_to_stdout = output == "-" or (output is None and any(j.source == "-" for j in jobs))
     if as_json and image_to_stdout:
         _fail_usage("--json writes to stdout, which carries the image here; give -o FILE")
@@ -246,10 +311,17 @@ def _process(task: Task, own: dict, *, inputs, output, recursive, model, fmt, qu
              tile_overlap=None) -> int:
     """A processing command: the task's model with the task's settings over
     the inputs; returns the exit status."""
+    from .pipeline import default_suffix
+    from .registry import SHIPPED
+
+    own = task.parse(own)
     _setup_torch(threads)
     settings = task.settings(own, max_pixels)
-    model = model or task.default_model(own)
+    default_model = task.default_model(own)
+    model = model or default_model
     restorer = _load_restorer(model, device, debug, task.name, **settings)
+    # a shipped model is the default of its command and scale: only others are named
+    own_suffix = default_suffix(task.suffix(restorer), None if restorer.name in SHIPPED else restorer.name)
     problem = task.check(restorer, own)
     if problem:
         _fail_usage(f"model {model} {problem}")
@@ -257,7 +329,7 @@ def _process(task: Task, own: dict, *, inputs, output, recursive, model, fmt, qu
                       suffix=suffix, tile=tile, tile_overlap=tile_overlap, overwrite=overwrite,
                       shard=shard, max_pixels=max_pixels,
                       max_output_pixels=max_output_pixels, quiet=quiet, as_json=as_json, debug=debug,
-                      default_suffix=task.suffix(restorer))
+                      default_suffix=own_suffix)
 
 
 def task_command(task: Task) -> click.Command:
@@ -268,6 +340,9 @@ def task_command(task: Task) -> click.Command:
 
     @_interruptible
     def command(**values):
+        values["inputs"] = tuple(values["inputs"]) + tuple(values.pop("more_inputs"))
+        if not values["inputs"]:
+            _fail_usage("no INPUTS given (files, folders, patterns or - for stdin)")
         sys.exit(_process(task, {k: values.pop(k) for k in own}, **values))
 
     return click.command(task.name, help=task.help)(options(task.options, *groups)(command))
@@ -403,14 +478,15 @@ def bench() -> None:
 @click.option("--speed/--no-speed", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.argument("folders", nargs=-1, type=click.Path(exists=True, file_okay=False))
-def bench_upscale(scale, model, threads, size, speed, as_json, folders):
+def bench_upscale(x2, x3, x4, scale, model, threads, size, speed, as_json, folders):
     """PSNR/SSIM on Y vs bicubic for each FOLDER of HR images, and output
     megapixels per second vs bicubic and an FSRCNN-shaped network."""
     from .benchmarks import bench_upscale as run_bench
 
     _setup_torch(threads)
     task = TASKS["upscale"]
-    own = {"scale": scale or 4}
+    own = task.parse(dict(x2=x2, x3=x3, x4=x4, scale=scale))
+    own["scale"] = own["scale"] or 4
     restorer = _load_restorer(model or task.default_model(own), "cpu", False, task.name)
     problem = task.check(restorer, own)
     if problem:

@@ -436,8 +436,9 @@ def read(job: Job, max_pixels: int = DEFAULT_MAX_PIXELS,
 
 def output_format(requested: str, source_fmt: str, out_path: Path | None) -> str:
     """png | jpg | webp | tiff for an output. An explicit output file's
-    extension wins over `same`; formats we cannot write fall back to png."""
-    if requested != "same":
+    extension wins over `auto` (or `same`); formats we cannot write fall
+    back to png."""
+    if requested not in ("same", "auto"):
         return requested
     if out_path is not None and out_path.suffix.lower() in EXT_FORMAT:
         return EXT_FORMAT[out_path.suffix.lower()]

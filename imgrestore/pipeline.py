@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io as _io
 import os
+import re
 import sys
 import time
 import traceback
@@ -31,13 +32,18 @@ STREAM_MIN_PIXELS = 16_000_000
 STREAMED = {"png": io.PngStream, "tiff": io.TiffStream}
 
 
+# the input extensions whose spelling an output in the same format keeps
+# (.jpeg, .JPG, .tiff); others (.jfif) get the format's own
+KEPT_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"}
+
+
 @dataclass
 class Options:
     output: str | None = None  # None: next to the input; "-": stdout; else file or folder
     output_is_dir: bool = False  # many inputs, or -o names a folder
     suffix: str = ""  # added to the stem next to the input, e.g. "_x4"
     dir_suffix: str = ""  # added to the stem inside an output folder (only if asked for)
-    format: str = "same"  # png | jpg | webp | tiff | same
+    format: str = "auto"  # png | jpg | webp | tiff | auto (the input's, or -o's extension)
     quality: int = 95
     tile: int | None = 256
     overlap: int | None = None  # None: the model's receptive radius (exact tiling)
@@ -66,19 +72,32 @@ class Result:
 def target(job: io.Job, o: Options) -> tuple[Path | str, str]:
     """(output path or "-", format) for a job, decided before decoding (from
     the source's extension) so that finished outputs are skipped cheaply."""
-    src_fmt = io.EXT_FORMAT.get(Path(str(job.rel)).suffix.lower(), "png")
+    src_ext = Path(str(job.rel)).suffix
+    src_fmt = io.EXT_FORMAT.get(src_ext.lower(), "png")
     if o.output == "-" or (job.source == "-" and o.output is None):
         return "-", io.output_format(o.format, src_fmt, None)
     if o.output is not None and not o.output_is_dir:
         p = Path(o.output)
         return p, io.output_format(o.format, src_fmt, p)
     fmt = io.output_format(o.format, src_fmt, None)
-    ext = io.FORMATS[fmt]
+    # the input's own spelling (.jpeg, .JPG, .tiff) where the format is kept
+    ext = src_ext if src_fmt == fmt and src_ext.lower() in KEPT_EXTS else io.FORMATS[fmt]
     if o.output is None:
         src = Path(job.source)
         return src.with_name(f"{src.stem}{o.suffix}{ext}"), fmt
     rel = job.rel
     return Path(o.output) / rel.parent / f"{rel.stem}{o.dir_suffix}{ext}", fmt
+
+
+def default_suffix(task_suffix: str, model: str | None = None) -> str:
+    """The suffix of outputs written next to their input: the task's
+    (`_x4`), and the model's name when it is not the task's default one
+    (`_x4_x4-small`), so that outputs of different models do not take each
+    other's names (and a second model's run is not skipped as done)."""
+    if not model:
+        return task_suffix
+    safe = re.sub(r"[^A-Za-z0-9._+-]+", "-", model).strip("-.") or "model"
+    return f"{task_suffix}_{safe}"
 
 
 def _key(p: Path | str) -> str:
@@ -109,6 +128,13 @@ def check_names(jobs: list[io.Job], o: Options) -> None:
                                 f"{io.shown(other.name)}, another input of this run")
 
 
+def _exists(p: Path | str) -> bool:
+    try:
+        return Path(p).exists()
+    except OSError:  # a name too long, a folder we may not search: the write will say
+        return False
+
+
 def _same_file(a: Path | str, b: Path | str) -> bool:
     if a == "-" or b == "-":
         return False
@@ -135,7 +161,10 @@ def _precheck(job: io.Job, out: Path | str | None, o: Options) -> tuple[str, str
         return "failed", job.error
     if _same_file(out, job.source):
         return "failed", "output would replace the input (choose -o or --suffix)"
-    if out != "-" and not o.overwrite and Path(out).exists():
+    if out != "-" and len(os.fsencode(Path(out).name)) > 255:
+        return "failed", (f"the output name would be {len(os.fsencode(Path(out).name))} bytes, over the "
+                          "255 a file system takes (give -o, or a shorter --suffix)")
+    if out != "-" and not o.overwrite and _exists(out):
         return "skipped", "output exists (use --overwrite to redo it)"
     return None
 
@@ -158,7 +187,7 @@ def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
             # queue the decode of job i if it will be needed
             if i < len(jobs) and i not in reads and jobs[i].error is None and jobs[i].source != "-":
                 out, _ = target(jobs[i], o)
-                if o.overwrite or out == "-" or not Path(out).exists():
+                if o.overwrite or out == "-" or not _exists(out):
                     reads[i] = readers.submit(io.read, jobs[i], o.max_pixels, checker(i))
 
         def drain(block: bool) -> Iterator[Result]:
@@ -195,6 +224,8 @@ def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
                 res.size_in = pic.size
                 res.notes = list(pic.notes)
                 w, h = pic.size
+                if out == "-" and job.source == "-" and o.format in ("auto", "same"):
+                    fmt = pic.format if pic.format in io.FORMATS else "png"  # stdin's format, sniffed
                 if fmt in STREAMED and out != "-" and w * h * restorer.scale**2 >= STREAM_MIN_PIXELS:
                     yield from drain(True)
                     res.size_out = _stream(restorer, pic, Path(out), fmt, o)
@@ -286,4 +317,4 @@ def _stream(restorer, pic: io.Picture, out: Path, fmt: str, o: Options) -> tuple
     return w, h
 
 
-__all__ = ["Options", "Result", "check_names", "run", "target"]
+__all__ = ["Options", "Result", "check_names", "default_suffix", "run", "target"]

@@ -29,7 +29,8 @@ def photos(tmp_path):
 def test_single_file_next_to_input(cli, tiny_x2, photos):
     code, out, err = cli("upscale", "--x2", "--model", tiny_x2, photos / "a.png")
     assert code == 0, err
-    with Image.open(photos / "a_x2.png") as im:
+    # a --model other than the default one is named in the output
+    with Image.open(photos / "a_x2_tiny-x2.png") as im:
         assert im.size == (24, 20) and im.mode == "RGB"
 
 

@@ -23,6 +23,7 @@ from conftest import noise_image, tiny_sr_file, tree_digest
 from imgrestore import io as imgio
 from imgrestore import load, weights
 from imgrestore.tasks import TASKS
+from imgrestore.pipeline import default_suffix
 
 COMMANDS = list(TASKS)
 
@@ -155,7 +156,8 @@ def test_06_earlier_outputs_are_not_taken_again(cli, tiny_model, tmp_path, comma
     d = tmp_path / "photos"
     d.mkdir()
     noise_image(8, 8).save(d / "a.png")
-    suffix = TASKS[command].suffix(load(model))
+    restorer = load(model)
+    suffix = default_suffix(TASKS[command].suffix(restorer), restorer.name)  # _x2_tiny-x2 (#18)
     for _ in range(3):
         code, _, err = cli(command, "--model", model, d)
         assert code == 0, err
@@ -178,7 +180,7 @@ def test_06_overwrite_never_replaces_another_input(cli, tiny_x2, tmp_path):
     noise_image(8, 8, seed=1).save(d / "a.png")
     noise_image(8, 8, seed=2).save(d / "a_x2.png")
     before = tree_digest(d)
-    code, _, err = cli("upscale", "--model", tiny_x2, d / "a.png", d / "a_x2.png", "--overwrite")
+    code, _, err = cli("upscale", "--model", tiny_x2, d / "a.png", d / "a_x2.png", "--overwrite", "--suffix", "_x2")
     assert code == 2 and "a_x2.png" in err
     assert tree_digest(d) == before
 
@@ -400,9 +402,12 @@ def test_14_format_size_limits_are_checked_before_the_work(cli, tiny_x2, tmp_pat
 def test_14_a_255_byte_output_name_is_written(cli, tiny_x2, tmp_path):
     name = "a" * (255 - len("_x2.png")) + ".png"
     noise_image(8, 8).save(tmp_path / name)
-    code, _, err = cli("upscale", "--model", tiny_x2, tmp_path / name)
+    code, _, err = cli("upscale", "--model", tiny_x2, tmp_path / name, "--suffix", "_x2")
     assert code == 0, err
     assert (tmp_path / (name[:-4] + "_x2.png")).exists()
+    # the model's name in the default suffix makes it too long: one clear line, no traceback
+    code, _, err = cli("upscale", "--model", tiny_x2, tmp_path / name)
+    assert code == 1 and "over the 255" in err, err
 
 
 def test_14_exif_over_64_kb_is_dropped_with_a_note(cli, tiny_x2, tmp_path):

@@ -12,6 +12,7 @@ from PIL import Image
 from conftest import noise_image
 from imgrestore import WrongTask, load
 from imgrestore.tasks import TASKS
+from imgrestore.pipeline import default_suffix
 
 
 @pytest.fixture(params=list(TASKS))
@@ -27,7 +28,8 @@ def test_task_runs_through_its_command(task_and_model, cli, tmp_path):
     noise_image(12, 10).save(src)
     code, _, err = cli(task.name, "--model", model, src)
     assert code == 0, err
-    with Image.open(tmp_path / f"in{task.suffix(r)}.png") as im:
+    # a model other than a shipped one is named in the output (#18)
+    with Image.open(tmp_path / f"in{default_suffix(task.suffix(r), r.name)}.png") as im:
         assert im.size == (10 * r.scale, 12 * r.scale)
         assert np.array_equal(np.asarray(im.convert("RGB")), r(np.asarray(noise_image(12, 10))))
     # the tiling options exist exactly where the task tiles

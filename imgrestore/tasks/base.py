@@ -24,6 +24,9 @@ class Task:
     # the command's own click options (decorators), on top of the shared
     # groups the command line gives every processing command
     options: tuple = ()
+    # own option values as click gave them -> as the functions below take
+    # them (raises click.UsageError for options that contradict each other)
+    parse: Callable[[dict], dict] = lambda values: values
     default_model: Callable[[dict], str] = lambda values: ""  # own option values -> shipped model
     # own option values, --max-pixels -> the restorer's keyword arguments
     # (raises click.BadParameter for a bad value)

@@ -21,12 +21,26 @@ from ..restorer import Restorer
 from .base import Calibration, Task, checkpoint_sampler, distill
 
 # the scale group: which upscaler (`upscale` and `bench upscale`)
+# (each its own parameter, so that `--x2 --x4` is seen and refused; `parse_scale`)
 SCALE_OPTIONS = (
-    click.option("--x2", "scale", flag_value=2, help="Upscale 2x."),
-    click.option("--x3", "scale", flag_value=3, help="Upscale 3x."),
-    click.option("--x4", "scale", flag_value=4, help="Upscale 4x (default)."),
+    click.option("--x2", "x2", is_flag=True, help="Upscale 2x."),
+    click.option("--x3", "x3", is_flag=True, help="Upscale 3x."),
+    click.option("--x4", "x4", is_flag=True, help="Upscale 4x (default)."),
     click.option("--scale", "scale", type=click.IntRange(2, 4), help="Upscale N x (2, 3 or 4)."),
 )
+
+
+def parse_scale(values: dict) -> dict:
+    """The scale options given -> {"scale": 2 | 3 | 4 | None, ...the rest};
+    two that ask for different scales are a usage error."""
+    values = dict(values)
+    asked = [(f"--x{n}", n) for n in (2, 3, 4) if values.pop(f"x{n}", False)]
+    if values.get("scale") is not None:
+        asked.append((f"--scale {values['scale']}", values["scale"]))
+    if len({n for _, n in asked}) > 1:
+        raise click.UsageError(f"{' and '.join(a for a, _ in asked)} ask for different scales; give one")
+    values["scale"] = asked[0][1] if asked else None
+    return values
 
 # prune's fine-tuning of upscalers: batch of LR crops, their side, Adam lr
 # (chosen in weights/MODEL_CARD.md, "Pruning": more pixels per step, and half
@@ -257,6 +271,7 @@ TASK = Task(
     suffix=lambda r: f"_x{r.scale}",
     output_suffixes=("_x2", "_x3", "_x4"),
     options=SCALE_OPTIONS,
+    parse=parse_scale,
     default_model=lambda values: f"upscale-x{values.get('scale') or 4}",
     check=_check,
     pairs=SRPairs,

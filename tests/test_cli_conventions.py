@@ -1,0 +1,187 @@
+"""Issue #18: the CLI as people coming from Real-ESRGAN and ImageMagick
+expect it. One test (or more) per bullet, on tiny generated images."""
+
+from __future__ import annotations
+
+import io as _io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import noise_image, tree_digest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.fixture
+def two(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    noise_image(10, 12).save(d / "a.png")
+    noise_image(9, 7, seed=1).save(d / "b.png")
+    return d
+
+
+# ---------------------------------------------------------------- output handling
+
+def test_output_with_an_image_extension_is_a_file_and_several_inputs_into_it_a_usage_error(cli, tiny_x2, two,
+                                                                                           tmp_path):
+    code, _, err = cli("upscale", "--model", tiny_x2, two / "a.png", two / "b.png", "-o", tmp_path / "one.png")
+    assert code == 2 and "one file" in err, err
+    assert not (tmp_path / "one.png").exists()  # no folder named one.png
+    code, _, err = cli("upscale", "--model", tiny_x2, two, "-o", tmp_path / "one.png")
+    assert code == 2 and not (tmp_path / "one.png").exists(), err
+    code, _, err = cli("upscale", "--model", tiny_x2, two / "a.png", "-o", tmp_path / "one.png")
+    assert code == 0 and (tmp_path / "one.png").is_file(), err
+
+
+def test_output_without_an_extension_is_a_folder_even_for_one_input(cli, tiny_x2, two, tmp_path):
+    code, _, err = cli("upscale", "--model", tiny_x2, two / "a.png", "-o", tmp_path / "results")
+    assert code == 0, err
+    assert (tmp_path / "results").is_dir() and (tmp_path / "results" / "a.png").is_file()
+    # an existing file without an image extension is not silently written over
+    (tmp_path / "notes").write_text("mine")
+    code, _, err = cli("upscale", "--model", tiny_x2, two / "a.png", "-o", tmp_path / "notes")
+    assert code == 2 and (tmp_path / "notes").read_text() == "mine", err
+
+
+def _run_on_a_terminal(args: list[str], stdin: bytes | None = None) -> tuple[int, bytes]:
+    """The CLI in a subprocess whose stdout is a pseudo-terminal; (exit
+    status, what reached the terminal)."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "imgrestore", *args], stdin=subprocess.PIPE,
+                                stdout=slave, stderr=subprocess.PIPE, env=_env())
+        os.close(slave)
+        _, err = proc.communicate(stdin, timeout=120)
+        seen = b""
+        try:
+            while True:
+                chunk = os.read(master, 65536)
+                if not chunk:
+                    break
+                seen += chunk
+        except OSError:
+            pass
+        return proc.returncode, seen + err
+    finally:
+        os.close(master)
+
+
+def test_image_bytes_to_a_terminal_are_refused(tiny_x2, two):
+    code, text = _run_on_a_terminal(["upscale", "--model", str(tiny_x2), str(two / "a.png"), "-o", "-"])
+    assert code == 2 and b"terminal" in text and b"IHDR" not in text, text
+    code, text = _run_on_a_terminal(["upscale", "--model", str(tiny_x2), "-"], (two / "a.png").read_bytes())
+    assert code == 2 and b"terminal" in text and b"IHDR" not in text, text
+
+
+def test_extension_and_format_never_disagree(cli, tiny_x2, two, tmp_path):
+    a = two / "a.png"
+    for args in (["-o", tmp_path / "out.webp", "--format", "png"], ["--format", "jpg", "-o", tmp_path / "x.png"]):
+        code, _, err = cli("upscale", "--model", tiny_x2, a, *args)
+        assert code == 2 and "disagrees" in err, err
+    for ext in ("gif", "bmp"):
+        code, _, err = cli("upscale", "--model", tiny_x2, a, "-o", tmp_path / f"x.{ext}")
+        assert code == 2 and f"cannot write {ext.upper()}" in err, err
+        assert not (tmp_path / f"x.{ext}").exists()
+    # agreeing, and the extension alone, decide the format
+    code, _, err = cli("upscale", "--model", tiny_x2, a, "-o", tmp_path / "y.JPEG", "--format", "jpeg")
+    assert code == 0 and Image.open(tmp_path / "y.JPEG").format == "JPEG", err
+    code, _, err = cli("upscale", "--model", tiny_x2, a, "-o", tmp_path / "z.tiff")
+    assert code == 0 and Image.open(tmp_path / "z.tiff").format == "TIFF", err
+
+
+@pytest.mark.parametrize("spelling, fmt", [("jpeg", "JPEG"), ("JPG", "JPEG"), ("PNG", "PNG"), ("Tif", "TIFF"),
+                                           ("webp", "WEBP")])
+def test_format_spellings(cli, tiny_x2, two, tmp_path, spelling, fmt):
+    code, _, err = cli("upscale", "--model", tiny_x2, two, "-o", tmp_path / "o", "--format", spelling)
+    assert code == 0, err
+    outs = sorted((tmp_path / "o").iterdir())
+    assert len(outs) == 2 and all(Image.open(p).format == fmt for p in outs)
+
+
+def test_format_auto_and_same_keep_the_input_format_and_its_spelling(cli, tiny_x2, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    noise_image(8, 8).save(d / "a.jpeg", format="JPEG")
+    noise_image(8, 8, seed=1).save(d / "b.JPG", format="JPEG")
+    noise_image(8, 8, seed=2).save(d / "c.tiff", format="TIFF")
+    noise_image(8, 8, seed=3).save(d / "d.bmp", format="BMP")  # not writable: png
+    noise_image(8, 8, seed=4).save(d / "e.gif", format="GIF")
+    for fmt in ("auto", "same"):
+        out = tmp_path / f"o-{fmt}"
+        code, _, err = cli("upscale", "--model", tiny_x2, d, "-o", out, "--format", fmt)
+        assert code == 0, err
+        assert sorted(p.name for p in out.iterdir()) == ["a.jpeg", "b.JPG", "c.tiff", "d.png", "e.png"]
+        assert [Image.open(out / n).format for n in ("a.jpeg", "b.JPG", "c.tiff", "d.png")] == [
+            "JPEG", "JPEG", "TIFF", "PNG"]
+    # next to the input, too (the default is auto)
+    code, _, err = cli("upscale", "--model", tiny_x2, d / "b.JPG", "--suffix", "_big")
+    assert code == 0 and (d / "b_big.JPG").exists(), err
+    # an explicit other format takes that format's extension
+    code, _, err = cli("upscale", "--model", tiny_x2, d / "a.jpeg", "--suffix", "_big", "--format", "png")
+    assert code == 0 and (d / "a_big.png").exists(), err
+
+
+def test_jpeg_on_stdin_gives_jpeg_on_stdout(cli, tiny_x2):
+    buf = _io.BytesIO()
+    noise_image(8, 10).save(buf, format="JPEG")
+    code, out, err = cli("upscale", "--model", tiny_x2, "-", input=buf.getvalue())
+    assert code == 0, err
+    im = Image.open(_io.BytesIO(out))
+    assert im.format == "JPEG" and im.size == (20, 16)
+    code, out, err = cli("upscale", "--model", tiny_x2, "-", "--format", "png", input=buf.getvalue())
+    assert code == 0 and Image.open(_io.BytesIO(out)).format == "PNG", err
+
+
+def test_default_output_name_says_which_model_made_it(cli, tiny_x2, tmp_path):
+    d = tmp_path / "p"
+    d.mkdir()
+    noise_image(8, 8).save(d / "photo.png")
+    code, _, err = cli("upscale", "--x2", d / "photo.png")  # the shipped default model
+    assert code == 0 and (d / "photo_x2.png").exists(), err
+    # the README's prune-then-upscale example: another model is not "output exists"
+    code, _, err = cli("upscale", "--model", tiny_x2, d / "photo.png")
+    assert code == 0 and "1 done" in err and (d / "photo_x2_tiny-x2.png").exists(), err
+    code, _, err = cli("upscale", "--model", "upscale-x2", d / "photo.png")  # named, but the default
+    assert code == 0 and "1 skipped" in err, err
+
+
+# ---------------------------------------------------------------- options people bring with them
+
+def test_real_esrgan_short_flags(cli, tiny_x2, two, tmp_path):
+    code, _, err = cli("upscale", "-n", tiny_x2, "-t", 4, "-i", two / "a.png", "-i", two / "b.png",
+                       "-o", tmp_path / "o")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a.png", "b.png"]
+    code, _, err = cli("upscale", "-n", tiny_x2, "-i", two / "a.png", "--suffix", "_big")
+    assert code == 0 and (two / "a_big.png").exists(), err
+    code, _, err = cli("upscale", "-n", tiny_x2)
+    assert code == 2 and "no INPUTS" in err, err
+
+
+@pytest.mark.parametrize("flags", [["--x2", "--x4"], ["--x2", "--scale", "3"], ["--x4", "--x3"]])
+def test_conflicting_scale_flags_are_a_usage_error(cli, tiny_x2, two, flags):
+    before = tree_digest(two)
+    code, _, err = cli("upscale", *flags, two / "a.png")
+    assert code == 2 and "different scales" in err, err
+    assert tree_digest(two) == before
+
+
+def test_the_same_scale_twice_is_fine(cli, tiny_x2, two):
+    code, _, err = cli("upscale", "--x2", "--scale", "2", "--model", tiny_x2, two / "a.png")
+    assert code == 0, err
