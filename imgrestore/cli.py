@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -134,6 +135,29 @@ def _fail_usage(msg: str):
     raise click.UsageError(msg)
 
 
+def _short(name: str, width: int = 40) -> str:
+    """A file name for the progress bar: its last `width` characters."""
+    name = imgio.shown(name)
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+
+def _table_console():
+    """A rich console for tables on stdout. Off a terminal (a pipe, a file)
+    rich would fit them into 80 columns, cutting numbers (`1,585,0…`); there
+    they keep their natural width."""
+    from rich.console import Console
+
+    con = Console()
+    return con if con.is_terminal else Console(width=4096, soft_wrap=False)
+
+
 def _stdout_is_terminal() -> bool:
     try:
         return os.isatty(sys.stdout.fileno())
@@ -193,7 +217,7 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, suffix, til
     """Find inputs, run the pipeline, render progress and per-file lines,
     return the exit status."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .pipeline import Options, run
 
@@ -252,25 +276,40 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, suffix, til
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     show_progress = not quiet and err.is_terminal
     if not quiet:
-        for note in notes:
+        for note in [*notes, *restorer.notes]:
             err.print(f"note: {note}", markup=False)
     counts = {"done": 0, "skipped": 0, "failed": 0}
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err, transient=True, disable=not show_progress)
+    finished = 0  # skipped because the output exists: said once, with the count
+    batch_notes: dict[str, list[str]] = {}  # note -> inputs, said once at the end
+    out_pixels = 0
+    t0 = time.perf_counter()
+    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
+                        console=err, transient=True, disable=not show_progress)
     with progress:
-        files_task = progress.add_task("files", total=len(jobs))
-        tiles_task = progress.add_task("tiles", total=1, visible=False)
+        files_task = progress.add_task(_short(jobs[0].name), total=len(jobs), rate="")
+        tiles_task = progress.add_task("tiles", total=1, visible=False, rate="")
 
         def on_tile(done, total):
-            progress.update(tiles_task, completed=done, total=total, visible=total > 1)
+            # all tiles done: the output is being encoded and written now
+            progress.update(tiles_task, completed=done, total=total, visible=total > 1,
+                            description="writing" if done >= total else "tiles")
 
         opts.on_tile = on_tile if show_progress else None
-        for res in run(restorer, jobs, opts):
+        for i, res in enumerate(run(restorer, jobs, opts)):
             counts[res.status] += 1
-            progress.update(files_task, advance=1)
+            if res.status == "done" and res.size_out:
+                out_pixels += res.size_out[0] * res.size_out[1]
+            elapsed = max(time.perf_counter() - t0, 1e-9)
+            progress.update(files_task, advance=1,
+                            description=_short(jobs[i + 1].name) if i + 1 < len(jobs) else "",
+                            rate=f"{counts['done'] / elapsed:.2f} img/s {out_pixels / 1e6 / elapsed:.2f} MP/s")
+            progress.update(tiles_task, visible=False)
             if res.status == "failed":
                 progress.console.print(f"error: {imgio.shown(res.input)}: {imgio.shown(res.reason)}",
                                        markup=False)
+            elif res.status == "skipped" and res.reason and res.reason.startswith("output exists"):
+                finished += 1
             elif res.status == "skipped" and not quiet:
                 progress.console.print(f"skipped: {imgio.shown(res.input)}: {imgio.shown(res.reason)}",
                                        markup=False)
@@ -278,11 +317,24 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, suffix, til
                 for note in res.notes:
                     progress.console.print(f"note: {imgio.shown(res.input)}: {imgio.shown(note)}",
                                            markup=False)
+                for note in res.batch_notes:
+                    batch_notes.setdefault(note, []).append(res.input)
             if as_json:
                 click.echo(json.dumps(res.record()))
+            if show_progress:
+                progress.refresh()
     if not quiet:
-        err.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed",
-                  markup=False)
+        if finished:
+            err.print(f"skipped {finished} finished output{'s' * (finished > 1)} (they exist; --overwrite "
+                      "redoes them)", markup=False)
+        for note, names in batch_notes.items():
+            who = imgio.shown(names[0]) if len(names) == 1 else f"{len(names)} inputs"
+            err.print(f"note: {who}: {note}", markup=False)
+        seconds = time.perf_counter() - t0
+        rate = (f" ({counts['done'] / seconds:.2f} images/s, {out_pixels / 1e6 / seconds:.2f} output MP/s)"
+                if counts["done"] else "")
+        err.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
+                  f"in {_duration(seconds)}{rate}", markup=False)
     return 1 if counts["failed"] else 0
 
 
@@ -418,7 +470,7 @@ def prune(model, ratio, data, steps, criterion, compensate, round_to, threads, a
                   f"{r['seconds_256']:.4f}", f"{base['seconds_256'] / r['seconds_256']:.2f}x",
                   "-" if r["psnr_calib"] is None else f"{r['psnr_calib']:.3f}",
                   "-" if r["psnr_vs_unpruned"] is None else f"{r['psnr_vs_unpruned']:.3f}")
-    Console().print(t)
+    _table_console().print(t)
     click.echo(f"wrote {out}", err=True)
 
 
@@ -461,7 +513,7 @@ def models(as_json):
         cost = f"{r[task.cost_key]:.2f} {task.cost_unit}" if task and task.cost_key in r else "-"
         t.add_row(r["name"], r["task"], f"x{r['scale']}", f"{r['params']:,}" if "params" in r else "-",
                   cost, q or r.get("error", "-"))
-    Console().print(t)
+    _table_console().print(t)
 
 
 @cli.group()
@@ -529,7 +581,7 @@ def bench_colorize_cmd(model, render_size, saturation, threads, speed, as_json, 
     from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    con = _table_console()
     con.print(f"model {report['model']}, {report['params']:,} parameters, render size "
               f"{report['render_size']}, saturation {report['saturation']:g}, torch threads {threads}")
     t = Table(title="quality (RGB PSNR against the original colour photo)")
@@ -563,7 +615,7 @@ def _print_bench(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    con = _table_console()
     con.print(f"model {report['model']} x{report['scale']}, {report['params']:,} parameters, "
               f"torch threads {report['threads']}")
     if report["quality"]:

@@ -10,6 +10,7 @@ the name exists) or, with overwrite, renamed over it.
 
 from __future__ import annotations
 
+import functools
 import glob as globmod
 import io as _io
 import os
@@ -179,12 +180,24 @@ def list_images(dirs: list[str | Path]) -> list[Path]:
     return files
 
 
+@functools.cache
+def decoders() -> None:
+    """Register the decoders Pillow lacks, once: HEIC/HEIF (phone photos)
+    through pillow-heif, whose wheels carry their own libheif."""
+    try:
+        import pillow_heif
+    except ImportError:  # an install without it: HEIC inputs fail as unrecognized
+        return
+    pillow_heif.register_heif_opener()
+
+
 def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS):
     """The image at `path` as a loaded 8-bit RGB PIL image, or None when it
     cannot be one (empty, damaged, not an image, over `max_pixels`): the
     data of training, pruning and benchmarks skip such files."""
     from PIL import Image
 
+    decoders()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -269,6 +282,7 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     are decoded (and may raise)."""
     from PIL import Image, UnidentifiedImageError
 
+    decoders()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the bomb guard is ours; damage is reported, not warned

@@ -64,9 +64,14 @@ class Result:
     size_in: tuple[int, int] | None = None
     size_out: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)
+    # notes of a kind said once for a whole batch (`Restorer.input_notes`)
+    batch_notes: list[str] = field(default_factory=list)
 
     def record(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v not in (None, [])}
+        rec = {k: v for k, v in self.__dict__.items() if v not in (None, []) and k != "batch_notes"}
+        if self.batch_notes:
+            rec["notes"] = self.notes + self.batch_notes
+        return rec
 
 
 def target(job: io.Job, o: Options) -> tuple[Path | str, str]:
@@ -223,6 +228,7 @@ def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
                 pic = reads.pop(i).result() if i in reads else io.read(job, o.max_pixels, checker(i))
                 res.size_in = pic.size
                 res.notes = list(pic.notes)
+                res.batch_notes = restorer.input_notes(pic)
                 w, h = pic.size
                 if out == "-" and job.source == "-" and o.format in ("auto", "same"):
                     fmt = pic.format if pic.format in io.FORMATS else "png"  # stdin's format, sniffed

@@ -502,8 +502,12 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
                          batch=pd.tune_batches, loss=lambda net, b: pd.tune_loss(net, teacher, b))
         tmp = out.with_name(out.name + ".finetune") if out else None
         try:
+            def tune_log(msg: str) -> None:
+                if not msg.startswith(f"wrote {tmp}"):  # a temporary file: not the user's business
+                    log(msg)
+
             train(tune, TrainOptions(steps=steps, out=tmp, lr=pd.tune_lr, warmup=0, save_every=10**9,
-                                     log=log, resume=False))
+                                     log=tune_log, resume=False))
         finally:
             for p in (tmp, tmp.with_name(tmp.name + ".state")) if tmp else ():
                 p.unlink(missing_ok=True)

@@ -68,6 +68,13 @@ class Restorer:
         # channels_last: small-channel 3x3 convs run faster on the CPU in it
         # (measured in weights/MODEL_CARD.md)
         self.memory_format = torch.channels_last
+        # lines for the user about how it was set up (the CLI shows them once)
+        self.notes: list[str] = []
+
+    def input_notes(self, pic: Picture) -> list[str]:
+        """Lines about what this restorer does to this input that the user
+        may not expect; the CLI says each kind once for a whole batch."""
+        return []
 
     # ------------------------------------------------------------------ tensors
     def forward(self, x):

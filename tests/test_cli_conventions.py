@@ -185,3 +185,114 @@ def test_conflicting_scale_flags_are_a_usage_error(cli, tiny_x2, two, flags):
 def test_the_same_scale_twice_is_fine(cli, tiny_x2, two):
     code, _, err = cli("upscale", "--x2", "--scale", "2", "--model", tiny_x2, two / "a.png")
     assert code == 0, err
+
+
+# ---------------------------------------------------------------- set-up: HEIC input
+
+def test_heic_phone_photos_are_read(cli, tiny_x2, tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    d = tmp_path / "phone"
+    d.mkdir()
+    src = np.asarray(noise_image(12, 16))
+    heif = pillow_heif.from_bytes(mode="RGB", size=(16, 12), data=src.tobytes())
+    heif.save(d / "IMG_0001.HEIC", quality=90)
+    heif.save(d / "IMG_0002.heif", quality=90)
+    code, _, err = cli("upscale", "--model", tiny_x2, d, "-o", tmp_path / "o")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["IMG_0001.png", "IMG_0002.png"]
+    with Image.open(tmp_path / "o" / "IMG_0001.png") as im:
+        assert im.size == (32, 24)
+
+
+# ---------------------------------------------------------------- colorize
+
+def test_colorize_says_once_that_colour_photos_lose_their_colours(cli, tiny_color, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(3):
+        noise_image(16, 16, seed=i).save(d / f"colour{i}.png")
+    noise_image(16, 16, "L").save(d / "gray.png")
+    Image.fromarray(np.repeat(np.asarray(noise_image(16, 16, "L"))[..., None], 3, axis=2)).save(d / "rgbgray.png")
+    code, out, err = cli("colorize", "--model", tiny_color, d, "-o", tmp_path / "o", "--render-size", 32)
+    assert code == 0, err
+    assert err.count("colours were replaced") == 1 and "3 inputs" in err, err
+    code, out, err = cli("colorize", "--model", tiny_color, d, "-o", tmp_path / "o2", "--json", "-q")
+    records = [json.loads(line) for line in out.decode().splitlines()]
+    noted = sorted(Path(r["input"]).name for r in records if any("replaced" in n for n in r.get("notes", [])))
+    assert noted == ["colour0.png", "colour1.png", "colour2.png"] and err == ""
+
+
+def test_colorize_gray_reference_gets_a_note(cli, tiny_color, tmp_path):
+    noise_image(16, 16, "L").save(tmp_path / "ref.png")
+    noise_image(16, 16, "L", seed=3).save(tmp_path / "old.png")
+    code, _, err = cli("colorize", "--model", tiny_color, tmp_path / "old.png", "--reference", tmp_path / "ref.png",
+                       "--render-size", 32)
+    assert code == 0 and "reference is a gray photo" in err and "replaced" not in err, err
+    noise_image(16, 16, seed=4).save(tmp_path / "cref.png")
+    code, _, err = cli("colorize", "--model", tiny_color, tmp_path / "old.png", "--reference",
+                       tmp_path / "cref.png", "--render-size", 32, "--overwrite")
+    assert code == 0 and "reference" not in err, err
+
+
+# ---------------------------------------------------------------- progress and reports
+
+def test_progress_shows_file_rate_and_eta_and_the_summary_the_time(cli, tiny_x2, two, tmp_path, monkeypatch):
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: stderr is a terminal
+    code, _, err = cli("upscale", "--model", tiny_x2, two, "-o", tmp_path / "o")
+    assert code == 0, err
+    assert "b.png" in err and "MP/s" in err and "img/s" in err and "ETA" in err, err
+    monkeypatch.delenv("TTY_COMPATIBLE")
+    code, _, err = cli("upscale", "--model", tiny_x2, two, "-o", tmp_path / "o2")
+    summary = err.strip().splitlines()[-1]
+    assert summary.startswith("2 done, 0 skipped, 0 failed in ") and "output MP/s" in summary, err
+    assert "img/s" not in err  # no progress bar when stderr is not a terminal
+
+
+def test_a_resumed_run_says_skipped_once(cli, tiny_x2, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(5):
+        noise_image(6, 6, seed=i).save(d / f"p{i}.png")
+    assert cli("upscale", "--model", tiny_x2, d, "-o", tmp_path / "o")[0] == 0
+    (tmp_path / "o" / "p3.png").unlink()
+    code, _, err = cli("upscale", "--model", tiny_x2, d, "-o", tmp_path / "o")
+    assert code == 0, err
+    assert "skipped 4 finished outputs" in err and err.count("skipped") == 2, err  # the line and the summary
+    assert "1 done, 4 skipped" in err
+
+
+# ---------------------------------------------------------------- Python API
+
+def test_api_colorize_takes_the_command_options(tiny_color, tmp_path):
+    import imgrestore
+
+    gray = np.asarray(noise_image(16, 16, "L"))
+    ref = noise_image(16, 16, seed=5)
+    ref.save(tmp_path / "ref.png")
+    plain = imgrestore.load(tiny_color, device="cpu", render_size=32)
+    assert plain.render_size == 32
+    muted = imgrestore.load(tiny_color, device="cpu", saturation=0.0, render_size=32)
+    out = muted(gray)
+    assert out.shape == (16, 16, 3) and int(np.ptp(out.astype(int) - out[..., :1], axis=None)) <= 2  # gray
+    for reference in (tmp_path / "ref.png", str(tmp_path / "ref.png"), ref, np.asarray(ref)):
+        r = imgrestore.load(tiny_color, device="cpu", reference=reference, render_size=32)
+        assert r.reference_l is not None and r(gray).shape == (16, 16, 3)
+    with pytest.raises(ValueError):
+        imgrestore.load(tiny_color, device="cpu", saturation=9)
+
+
+def test_prune_and_bench_tables_stay_whole_off_a_terminal(cli, tiny_x2, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        noise_image(128, 128, seed=i).save(data / f"ok{i}.png")
+    code, out, err = cli("prune", tiny_x2, "--ratio", "0.5", "--data", data, "--criterion", "l1",
+                         "--no-compensate", "--steps", 2, "-o", tmp_path / "p.safetensors")
+    assert code == 0, err
+    text = out.decode()
+    assert "…" not in text and "PSNR vs unpruned" in text and "fine-tuning steps" in text, text
+    assert ".finetune" not in err and "metrics {" not in err, err
+    code, out, err = cli("bench", "upscale", "--model", tiny_x2, "--x2", "--no-speed", data)
+    assert code == 0, err
+    text = out.decode()
+    assert "…" not in text and "bicubic SSIM" in text and "gain dB" in text, text

@@ -122,6 +122,44 @@ def colorize_pixels(model, px: np.ndarray, render_size: int = DEFAULT_RENDER, re
     return out
 
 
+COLOUR_INPUT_NOTE = ("colour photo: its colours were replaced by predicted ones (colorize keeps only the "
+                     "luminance; use it on black-and-white or faded photos)")
+
+
+def picture_is_gray(pic: Picture) -> bool:
+    """One channel, or three that (nearly) agree: a black-and-white photo
+    stored as RGB."""
+    if pic.gray:
+        return True
+    px = pic.pixels[::4, ::4]
+    if px.dtype == np.uint16:
+        px = px // 257
+    return is_gray(px)
+
+
+def as_picture(image) -> Picture | None:
+    """A reference photo as the API takes it: a Picture, a path, a PIL image
+    or an (H, W[, C]) uint8/uint16 array (or None)."""
+    import os
+
+    from .. import io
+
+    if image is None or isinstance(image, Picture):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        return io.read(io.Job(Path(image), Path(Path(image).name)))
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        px, alpha = io.pil_arrays(image)
+        return Picture(px, alpha)
+    a = np.asarray(image)
+    if a.dtype not in (np.uint8, np.uint16) or a.ndim not in (2, 3):
+        raise TypeError(f"reference: expected a path, a PIL image or a uint8/uint16 array, got {type(image)}")
+    a = a[..., None] if a.ndim == 2 else a[..., :3]
+    return Picture(np.ascontiguousarray(a), None)
+
+
 class ColorizeRestorer(Restorer):
     """Colorization: scale 1; color input is reduced to its luminance and
     recolorized; alpha, EXIF and ICC are kept. `render_size` is the working
@@ -130,12 +168,26 @@ class ColorizeRestorer(Restorer):
     photo)."""
 
     def __init__(self, *args, render_size: int = DEFAULT_RENDER, saturation: float = 1.0,
-                 reference: Picture | None = None):
+                 reference=None):
         super().__init__(*args)
-        self.render_size = render_size
-        self.saturation = saturation
+        if not 32 <= int(render_size) <= 2048:
+            raise ValueError(f"render_size must be in 32..2048, got {render_size}")
+        if not 0.0 <= float(saturation) <= 4.0:
+            raise ValueError(f"saturation must be in 0..4, got {saturation}")
+        self.render_size = int(render_size)
+        self.saturation = float(saturation)
+        reference = as_picture(reference)
         self.reference_l = None if reference is None else working_l(pixels_to_l(reference.pixels),
                                                                      REFERENCE_RENDER)
+        if reference is not None and picture_is_gray(reference):
+            self.notes.append("the reference is a gray photo: that works as well as a colour one (a "
+                              "reference steers the colours by what it shows, its luminance, never by "
+                              "its own colours)")
+
+    def input_notes(self, pic: Picture) -> list[str]:
+        if picture_is_gray(pic):
+            return []
+        return [COLOUR_INPUT_NOTE]
 
     def restore_picture(self, pic: Picture, tile=None, overlap=None, on_tile=None) -> Picture:
         out = colorize_pixels(self.model, pic.pixels, self.render_size, self.reference_l,
