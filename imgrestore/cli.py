@@ -370,13 +370,16 @@ def _process(task: Task, own: dict, *, inputs, output, recursive, model, fmt, qu
     _setup_torch(threads)
     settings = task.settings(own, max_pixels)
     default_model = task.default_model(own)
+    chosen = model is not None
     model = model or default_model
     restorer = _load_restorer(model, device, debug, task.name, **settings)
-    # a shipped model is the default of its command and scale: only others are named
-    own_suffix = default_suffix(task.suffix(restorer), None if restorer.name in SHIPPED else restorer.name)
     problem = task.check(restorer, own)
     if problem:
         _fail_usage(f"model {model} {problem}")
+    restorer = task.wrap(restorer, own, lambda name: _load_restorer(name, device, debug, task.name, **settings),
+                         chosen)
+    # a shipped model is the default of its command and scale: only others are named
+    own_suffix = default_suffix(task.suffix(restorer), None if restorer.name in SHIPPED else restorer.name)
     return _run_batch(restorer, inputs, output=output, recursive=recursive, fmt=fmt, quality=quality,
                       suffix=suffix, tile=tile, tile_overlap=tile_overlap, overwrite=overwrite,
                       shard=shard, max_pixels=max_pixels,

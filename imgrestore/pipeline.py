@@ -64,6 +64,7 @@ class Result:
     size_in: tuple[int, int] | None = None
     size_out: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)
+    resize: dict | None = None  # any scale, a width or a height: the model's scale and the resize
     # notes of a kind said once for a whole batch (`Restorer.input_notes`)
     batch_notes: list[str] = field(default_factory=list)
 
@@ -186,7 +187,7 @@ def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
 
         def checker(i: int):
             fmt = target(jobs[i], o)[1]
-            return lambda w, h: _check_output(w * restorer.scale, h * restorer.scale, fmt, o)
+            return lambda w, h: _check_output(*restorer.output_size(w, h), fmt, o)
 
         def prefetch(i: int) -> None:
             # queue the decode of job i if it will be needed
@@ -232,7 +233,9 @@ def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
                 w, h = pic.size
                 if out == "-" and job.source == "-" and o.format in ("auto", "same"):
                     fmt = pic.format if pic.format in io.FORMATS else "png"  # stdin's format, sniffed
-                if fmt in STREAMED and out != "-" and w * h * restorer.scale**2 >= STREAM_MIN_PIXELS:
+                res.resize = restorer.plan(w, h)
+                ow, oh = restorer.output_size(w, h)
+                if fmt in STREAMED and out != "-" and ow * oh >= STREAM_MIN_PIXELS:
                     yield from drain(True)
                     res.size_out = _stream(restorer, pic, Path(out), fmt, o)
                     res.seconds = time.perf_counter() - t0

@@ -76,6 +76,15 @@ class Restorer:
         may not expect; the CLI says each kind once for a whole batch."""
         return []
 
+    def output_size(self, w: int, h: int) -> tuple[int, int]:
+        """The output's (width, height) for an input of w x h."""
+        return w * self.scale, h * self.scale
+
+    def plan(self, w: int, h: int) -> dict | None:
+        """How an input of w x h is made, where more than the model is at
+        work (reported in --json); None otherwise."""
+        return None
+
     # ------------------------------------------------------------------ tensors
     def forward(self, x):
         """(B, C, H, W) float in [0, 1] -> restored, clamped to [0, 1]."""
@@ -224,3 +233,69 @@ class Restorer:
 
         return {"name": self.name, "task": self.task, "scale": self.scale, "arch": self.meta.arch,
                 "params": registry.count_params(self.model), "file": str(self.meta.path)}
+
+
+class Resized:
+    """A restorer followed by a high-quality resize to the size asked for
+    (any scale, a width or a height): `pick(factor)` gives the restorer for
+    a factor (the smallest trained scale at or above it, or the largest),
+    `size(w, h)` the output size; the resize (Lanczos) runs band by band on
+    the restorer's bands, so memory stays bounded. `label` is the output
+    suffix (`_x3.5`, `_w1920`)."""
+
+    def __init__(self, base: Restorer, pick: Callable[[float], Restorer],
+                 size: Callable[[int, int], tuple[int, int]], label: str, notes: list[str] | None = None):
+        self.pick = pick
+        self.size = size
+        self.label = label
+        self.notes = list(base.notes) + list(notes or [])
+        self.name, self.task, self.scale = base.name, base.task, base.scale
+
+    def _choice(self, w: int, h: int) -> tuple[Restorer, int, int]:
+        ow, oh = self.size(w, h)
+        return self.pick(max(ow / w, oh / h)), ow, oh
+
+    def output_size(self, w: int, h: int) -> tuple[int, int]:
+        return self.size(w, h)
+
+    def plan(self, w: int, h: int) -> dict:
+        r, ow, oh = self._choice(w, h)
+        return {"model": r.name, "model_scale": r.scale, "resized_to": [ow, oh], "filter": "lanczos",
+                "scale": round(max(ow / w, oh / h), 4)}
+
+    def input_notes(self, pic: Picture) -> list[str]:
+        w, h = pic.size
+        r, ow, oh = self._choice(w, h)
+        notes = r.input_notes(pic)
+        if ow > w * r.scale or oh > h * r.scale:
+            notes.append(f"a scale above the model's x{r.scale} was asked for: x{r.scale} by the network, "
+                         "then a Lanczos resize (no detail is added beyond x" f"{r.scale})")
+        return notes
+
+    def picture_bands(self, pic: Picture, tile=DEFAULT_TILE, overlap=None, on_tile=None):
+        from .resize import resize_bands
+
+        w, h = pic.size
+        r, ow, oh = self._choice(w, h)
+        desc, bands = r.picture_bands(pic, tile, overlap, on_tile)
+        mh, mw, c = desc.pixels.shape
+        joined = ((y, np.dstack([b, a]) if a is not None else b) for y, b, a in bands)
+
+        def gen():
+            for y, band in resize_bands(joined, mh, mw, oh, ow):
+                if desc.has_alpha:
+                    yield y, band[..., :c], band[..., c]
+                else:
+                    yield y, band, None
+
+        return describe_output(pic, (oh, ow, c), desc.pixels.dtype, desc.has_alpha), gen()
+
+    def restore_picture(self, pic: Picture, tile=DEFAULT_TILE, overlap=None, on_tile=None) -> Picture:
+        desc, bands = self.picture_bands(pic, tile, overlap, on_tile)
+        out = np.empty(desc.pixels.shape, desc.pixels.dtype)
+        alpha = np.empty(out.shape[:2], out.dtype) if desc.has_alpha else None
+        for oy, band, a in bands:
+            out[oy:oy + band.shape[0]] = band
+            if alpha is not None:
+                alpha[oy:oy + band.shape[0]] = a
+        return Picture(out, alpha, pic.exif, pic.icc, pic.format, list(pic.notes))

@@ -296,3 +296,71 @@ def test_prune_and_bench_tables_stay_whole_off_a_terminal(cli, tiny_x2, tmp_path
     assert code == 0, err
     text = out.decode()
     assert "…" not in text and "bicubic SSIM" in text and "gain dB" in text, text
+
+
+# ---------------------------------------------------------------- any output scale or size
+
+@pytest.mark.parametrize("args, size, label", [
+    (["-s", "3.5"], (42, 35), "_x3.5"),
+    (["--outscale", "150%"], (18, 15), "_x1.5"),
+    (["--width", "30"], (30, 25), "_w30"),
+    (["--height", "7"], (8, 7), "_h7"),
+    (["--width", "20", "--height", "9"], (20, 9), "_w20_h9"),
+])
+def test_any_output_scale_or_size(cli, tmp_path, args, size, label):
+    d = tmp_path / "p"
+    d.mkdir()
+    noise_image(10, 12).save(d / "a.png")
+    code, out, err = cli("upscale", *args, d / "a.png", "--json")
+    assert code == 0, err
+    rec = json.loads(out)
+    with Image.open(d / f"a{label}.png") as im:
+        assert im.size == size
+    r = rec["resize"]
+    assert rec["size_out"] == list(size) and r["resized_to"] == list(size) and r["filter"] == "lanczos"
+    factor = max(size[0] / 12, size[1] / 10)
+    # the smallest trained scale at or above the request
+    assert r["model_scale"] == next(s for s in (2, 3, 4) if s >= factor - 1e-9)
+    assert r["model"] == f"upscale-x{r['model_scale']}"
+
+
+def test_above_x4_is_x4_then_a_resize_with_a_note(cli, tmp_path):
+    noise_image(6, 5).save(tmp_path / "a.png")
+    code, out, err = cli("upscale", "-s", "6", tmp_path / "a.png", "-o", tmp_path / "big.png", "--json")
+    assert code == 0, err
+    assert json.loads(out)["resize"]["model_scale"] == 4 and Image.open(tmp_path / "big.png").size == (30, 36)
+    assert err.count("above the model's x4") == 1, err
+
+
+def test_outscale_usage_errors(cli, tiny_x2, tmp_path):
+    noise_image(6, 5).save(tmp_path / "a.png")
+    for args in (["-s", "big"], ["-s", "0"], ["-s", "2", "--width", "10"]):
+        code, _, err = cli("upscale", "--model", tiny_x2, *args, tmp_path / "a.png")
+        assert code == 2, (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_a_chosen_model_is_kept_and_the_rest_resized(cli, tiny_x2, tmp_path):
+    noise_image(6, 5).save(tmp_path / "a.png")
+    code, out, err = cli("upscale", "-n", tiny_x2, "-s", "1.5", tmp_path / "a.png", "--json", "-o", tmp_path / "o.png")
+    assert code == 0, err
+    rec = json.loads(out)
+    assert rec["resize"]["model"] == "tiny-x2" and rec["size_out"] == [8, 9]
+
+
+def test_band_by_band_resize_equals_the_whole_image_one():
+    from imgrestore.resize import resize_array, resize_bands
+
+    rng = np.random.default_rng(0)
+    for h, w, oh, ow, step in [(300, 40, 263, 35, 37), (90, 30, 360, 120, 16), (257, 20, 64, 5, 100)]:
+        for dtype, top in ((np.uint8, 255), (np.uint16, 65535)):
+            a = rng.integers(0, top + 1, (h, w, 3)).astype(dtype)
+            whole = np.stack([np.asarray(Image.fromarray(a[..., k].astype(np.float32), "F").resize(
+                (ow, oh), Image.LANCZOS)) for k in range(3)], -1)
+            whole = np.clip(np.rint(whole), 0, top)
+            bands = list(resize_bands(((y, a[y:y + step]) for y in range(0, h, step)), h, w, oh, ow, band_rows=50))
+            got = np.concatenate([b for _, b in bands])
+            assert got.dtype == dtype and got.shape == (oh, ow, 3)
+            assert np.abs(got.astype(np.int64) - whole).max() <= max(1, top // 255), (h, oh, dtype)
+            assert max(len(b) for _, b in bands) <= 50
+            assert np.abs(resize_array(a, oh, ow).astype(np.int64) - whole).max() <= max(1, top // 255)

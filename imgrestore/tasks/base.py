@@ -33,6 +33,10 @@ class Task:
     settings: Callable[[dict, int], dict] = lambda values, max_pixels: {}
     # (restorer, own option values) -> why this model does not fit them, or None
     check: Callable[[Any, dict], str | None] = lambda restorer, values: None
+    # (restorer, own option values, load(model name) -> restorer, whether
+    # the user chose the model) -> what the command runs: the restorer, or a
+    # wrapper of it (upscale: any scale, a width or a height)
+    wrap: Callable[[Any, dict, Callable[[str], Any], bool], Any] = lambda restorer, values, load, chosen: restorer
     tiled: bool = True  # the command tiles (--tile, --tile-overlap mean something)
     # how training pairs are made: a sampler class with `.rng` and `.batch(n)`
     pairs: type | None = None

@@ -28,6 +28,18 @@ SCALE_OPTIONS = (
     click.option("--x4", "x4", is_flag=True, help="Upscale 4x (default)."),
     click.option("--scale", "scale", type=click.IntRange(2, 4), help="Upscale N x (2, 3 or 4)."),
 )
+# any output size: the smallest trained scale at or above it, then a Lanczos
+# resize (`wrap`); the upscale command's own, next to SCALE_OPTIONS
+SIZE_OPTIONS = (
+    click.option("-s", "--outscale", "outscale", metavar="F|P%",
+                 help="Any output scale: a number (3.5) or a percentage (250%): the smallest trained "
+                 "scale at or above it, then a high-quality downscale; above 4, x4 then a resize."),
+    click.option("--width", type=click.IntRange(1), help="Output width in pixels (height in proportion, "
+                 "unless --height is given too)."),
+    click.option("--height", type=click.IntRange(1), help="Output height in pixels (width in proportion, "
+                 "unless --width is given too)."),
+)
+TRAINED_SCALES = (2, 3, 4)
 
 
 def parse_scale(values: dict) -> dict:
@@ -40,7 +52,72 @@ def parse_scale(values: dict) -> dict:
     if len({n for _, n in asked}) > 1:
         raise click.UsageError(f"{' and '.join(a for a, _ in asked)} ask for different scales; give one")
     values["scale"] = asked[0][1] if asked else None
+    out = values.get("outscale")
+    if out is not None:
+        text = str(out).strip()
+        try:
+            f = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            raise click.BadParameter(f"{out!r} is not a number (3.5) or a percentage (250%)",
+                                     param_hint="-s/--outscale") from None
+        if not 0 < f <= 16:
+            raise click.BadParameter(f"{out!r}: give a scale above 0 and at most 16", param_hint="-s/--outscale")
+        if values.get("width") or values.get("height"):
+            raise click.UsageError("--outscale and --width/--height ask for the size twice; give one")
+        values["outscale"] = f
     return values
+
+
+def _trained_scale(factor: float) -> int:
+    """The smallest trained scale at or above `factor`, or the largest."""
+    return next((s for s in TRAINED_SCALES if s >= factor - 1e-9), TRAINED_SCALES[-1])
+
+
+def _default_model(values: dict) -> str:
+    if values.get("scale"):
+        return f"upscale-x{values['scale']}"
+    if values.get("outscale"):
+        return f"upscale-x{_trained_scale(values['outscale'])}"
+    return "upscale-x4"
+
+
+def _wrap(restorer, values: dict, load, chosen: bool):
+    """The upscaler, or, for -s/--width/--height, a `Resized` one: a chosen
+    model (--model, --xN) always, else the smallest trained scale at or above
+    each image's factor."""
+    from ..restorer import Resized
+
+    f, width, height = values.get("outscale"), values.get("width"), values.get("height")
+    if not (f or width or height):
+        return restorer
+    if f:
+        label = f"_x{f:g}"
+
+        def size(w, h):
+            return max(1, round(w * f)), max(1, round(h * f))
+    else:
+        label = "".join([f"_w{width}" if width else "", f"_h{height}" if height else ""])
+
+        def size(w, h):
+            if width and height:
+                return width, height
+            if width:
+                return width, max(1, round(h * width / w))
+            return max(1, round(w * height / h)), height
+    models = {restorer.scale: restorer}
+
+    chosen = chosen or bool(values.get("scale"))  # --model, or --xN / --scale
+
+    def pick(factor: float):
+        if chosen:
+            return restorer
+        s = _trained_scale(factor)
+        if s not in models:
+            models[s] = load(f"upscale-x{s}")
+        return models[s]
+
+    return Resized(restorer, pick, size, label)  # above the model's scale: a note per batch (input_notes)
+
 
 # prune's fine-tuning of upscalers: batch of LR crops, their side, Adam lr
 # (chosen in weights/MODEL_CARD.md, "Pruning": more pixels per step, and half
@@ -268,11 +345,12 @@ TASK = Task(
     noun="an upscaler",
     help="Upscale images x2, x3 or x4 (files, folders, or - for stdin).",
     restorer=Restorer,
-    suffix=lambda r: f"_x{r.scale}",
+    suffix=lambda r: getattr(r, "label", None) or f"_x{r.scale}",
     output_suffixes=("_x2", "_x3", "_x4"),
-    options=SCALE_OPTIONS,
+    options=SCALE_OPTIONS + SIZE_OPTIONS,
     parse=parse_scale,
-    default_model=lambda values: f"upscale-x{values.get('scale') or 4}",
+    default_model=_default_model,
+    wrap=_wrap,
     check=_check,
     pairs=SRPairs,
     evaluate=evaluate,
