@@ -39,3 +39,10 @@ class UnknownTask(WeightsError):
 class WrongTask(WeightsError):
     """Raised when a model of one task is given where another task's model
     was asked for (an upscaler to colorize, say)."""
+
+
+class ExportError(ImgRestoreError):
+    """Raised when a model cannot be exported: its task has no exported
+    network, the optional `[onnx]` extra is not installed, int8 was asked
+    for without calibration images, or the exported graph does not
+    reproduce the PyTorch network."""
