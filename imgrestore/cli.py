@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import signal
 import sys
@@ -45,6 +46,8 @@ INPUT_OPTIONS = (
                  "(run the same command on N machines or processes)."),
     click.option("--max-pixels", type=click.IntRange(1), default=imgio.DEFAULT_MAX_PIXELS,
                  show_default=True, help="Refuse larger inputs (decompression-bomb guard)."),
+    click.option("--max-output-pixels", type=click.IntRange(1), default=imgio.DEFAULT_MAX_OUTPUT_PIXELS,
+                 show_default=True, help="Refuse inputs whose output would be larger, before any work."),
 )
 OUTPUT_OPTIONS = (
     click.option("-o", "--output", help="Output file (one input), folder (several; sub-folders "
@@ -62,7 +65,7 @@ TILING_OPTIONS = (
                  help="Tile side in input pixels (0: whole image at once)."),
     click.option("--tile-overlap", type=click.IntRange(0), default=None,
                  help="Context pixels around each tile [default: the model's receptive "
-                 "radius, which makes tiling exact]."),
+                 "radius, which makes a tiled result equal the untiled one within 1/255]."),
 )
 RUNTIME_OPTIONS = (
     click.option("--model", "model", help="Shipped model name or a .safetensors path."),
@@ -129,7 +132,7 @@ def _load_restorer(model: str, device: str, debug: bool, task: str, **settings):
 
 
 def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, suffix, tile, tile_overlap,
-               overwrite, shard, max_pixels, quiet, as_json, debug, default_suffix):
+               overwrite, shard, max_pixels, max_output_pixels, quiet, as_json, debug, default_suffix):
     """Find inputs, run the pipeline, render progress and per-file lines,
     return the exit status."""
     from rich.console import Console
@@ -137,14 +140,21 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, suffix, til
 
     from .pipeline import Options, run
 
-    jobs = imgio.find_inputs(list(inputs), recursive=recursive)
+    from .errors import NameCollision
+    from .pipeline import check_names
+
+    if suffix is not None and (not suffix or any(c in suffix for c in "/\\\0") or suffix in (".", "..")):
+        raise click.BadParameter(f"{suffix!r} cannot be part of a file name (no '/', '\\' or NUL)",
+                                 param_hint="--suffix")
+    own = {s for t in TASKS.values() for s in t.output_suffixes} | {default_suffix, suffix or ""}
+    out_dir = output if output not in (None, "-") and (
+        Path(output).is_dir() or output.endswith(("/", "\\")) or len(inputs) > 1 or shard
+        or any(Path(a).is_dir() for a in inputs if a != "-")) else None
+    jobs = imgio.find_inputs(list(inputs), recursive=recursive, skip_suffixes=tuple(sorted(own - {""})),
+                             skip_dir=out_dir)
     if sum(1 for j in jobs if j.source == "-") > 1:
         _fail_usage("'-' (stdin) can be given only once")
-    if shard:
-        jobs = imgio.shard(jobs, *shard)
-    if not jobs:
-        if shard:
-            return 0  # an empty slice is not an error
+    if not jobs and not shard:
         _fail_usage("no input images found")
     any_dir = any(Path(a).is_dir() for a in inputs if a != "-")
     many = len(jobs) > 1 or any_dir or shard is not None
@@ -159,14 +169,26 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, suffix, til
     image_to_stdout = output == "-" or (output is None and any(j.source == "-" for j in jobs))
     if as_json and image_to_stdout:
         _fail_usage("--json writes to stdout, which carries the image here; give -o FILE")
-
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    show_progress = not quiet and err.is_terminal
     opts = Options(output=output, output_is_dir=out_is_dir,
                    suffix=default_suffix if suffix is None else suffix, dir_suffix=suffix or "",
                    format=fmt, quality=quality,
                    tile=tile or None, overlap=tile_overlap, overwrite=overwrite,
-                   max_pixels=max_pixels, debug=debug)
+                   max_pixels=max_pixels, max_output_pixels=max_output_pixels, debug=debug)
+    try:
+        check_names(jobs, opts)  # over the whole list: every shard refuses the same batch
+    except NameCollision as e:
+        _fail_usage(str(e))
+    notes = jobs.notes
+    if shard:
+        jobs = imgio.shard(jobs, *shard)
+        if not jobs:
+            return 0  # an empty slice is not an error
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    show_progress = not quiet and err.is_terminal
+    if not quiet:
+        for note in notes:
+            err.print(f"note: {note}", markup=False)
     counts = {"done": 0, "skipped": 0, "failed": 0}
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err, transient=True, disable=not show_progress)
@@ -182,12 +204,15 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, suffix, til
             counts[res.status] += 1
             progress.update(files_task, advance=1)
             if res.status == "failed":
-                progress.console.print(f"error: {res.input}: {res.reason}", markup=False)
+                progress.console.print(f"error: {imgio.shown(res.input)}: {imgio.shown(res.reason)}",
+                                       markup=False)
             elif res.status == "skipped" and not quiet:
-                progress.console.print(f"skipped: {res.input}: {res.reason}", markup=False)
+                progress.console.print(f"skipped: {imgio.shown(res.input)}: {imgio.shown(res.reason)}",
+                                       markup=False)
             if not quiet:
                 for note in res.notes:
-                    progress.console.print(f"note: {res.input}: {note}", markup=False)
+                    progress.console.print(f"note: {imgio.shown(res.input)}: {imgio.shown(note)}",
+                                           markup=False)
             if as_json:
                 click.echo(json.dumps(res.record()))
     if not quiet:
@@ -217,7 +242,8 @@ def _interruptible(f):
 
 
 def _process(task: Task, own: dict, *, inputs, output, recursive, model, fmt, quality, suffix, device,
-             threads, overwrite, shard, max_pixels, quiet, as_json, debug, tile=None, tile_overlap=None) -> int:
+             threads, overwrite, shard, max_pixels, max_output_pixels, quiet, as_json, debug, tile=None,
+             tile_overlap=None) -> int:
     """A processing command: the task's model with the task's settings over
     the inputs; returns the exit status."""
     _setup_torch(threads)
@@ -229,7 +255,8 @@ def _process(task: Task, own: dict, *, inputs, output, recursive, model, fmt, qu
         _fail_usage(f"model {model} {problem}")
     return _run_batch(restorer, inputs, output=output, recursive=recursive, fmt=fmt, quality=quality,
                       suffix=suffix, tile=tile, tile_overlap=tile_overlap, overwrite=overwrite,
-                      shard=shard, max_pixels=max_pixels, quiet=quiet, as_json=as_json, debug=debug,
+                      shard=shard, max_pixels=max_pixels,
+                      max_output_pixels=max_output_pixels, quiet=quiet, as_json=as_json, debug=debug,
                       default_suffix=task.suffix(restorer))
 
 
@@ -285,6 +312,8 @@ def prune(model, ratio, data, steps, criterion, compensate, round_to, threads, a
     out = Path(output)
     if out.exists():
         _fail_usage(f"{out} exists; choose another name")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):  # before the work, not after
+        _fail_usage(f"cannot write {imgio.shown(out)}: {imgio.shown(out.parent)} is not a writable folder")
 
     def log(msg: str) -> None:
         if not as_json:

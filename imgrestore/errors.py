@@ -46,3 +46,9 @@ class ExportError(ImgRestoreError):
     network, the optional `[onnx]` extra is not installed, int8 was asked
     for without calibration images, or the exported graph does not
     reproduce the PyTorch network."""
+
+
+class NameCollision(ImgRestoreError):
+    """Raised before any work when two inputs of one batch would be written
+    to the same output name (a.png and a.bmp -> a_x2.png), or when an output
+    would replace another input of the same batch (with overwrite)."""

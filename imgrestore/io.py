@@ -27,12 +27,19 @@ import numpy as np
 from .errors import InputError, OutputError, OutputExists
 
 # the files taken as images, in folders given as inputs or as data
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif",
+              ".avif")
 # the output formats we write (the --format choices), with their extension
 FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
 # extension -> output format, for the extensions we can write
-EXT_FORMAT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff",
+EXT_FORMAT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".jfif": "jpg", ".webp": "webp", ".tif": "tiff",
               ".tiff": "tiff"}
+# the largest side each output format can hold
+MAX_SIDE = {"jpg": 65_500, "webp": 16_383, "png": 2**31 - 1, "tiff": 2**32 - 1}
+MAX_EXIF = 65_000  # an EXIF block must fit one JPEG APP1 segment (64 KB)
+# generous (x4 of a 6000x4500 photo is 432 MP) but finite: a small file
+# declaring 14000x14000 pixels would otherwise run for many minutes at x2
+DEFAULT_MAX_OUTPUT_PIXELS = 500_000_000
 DEFAULT_MAX_PIXELS = 200_000_000
 _UMASK = os.umask(0)  # read once at import (os.umask is process-wide, not thread-safe)
 os.umask(_UMASK)
@@ -54,11 +61,54 @@ class Job:
         return "<stdin>" if self.source == "-" else str(self.source)
 
 
-def find_inputs(args: list[str], recursive: bool = False) -> list[Job]:
+class Found(list):
+    """The jobs `find_inputs` made, and what it left out on purpose: `notes`
+    (one line per kind, for the user)."""
+
+    notes: list[str]
+
+
+def _is_output_name(f: Path, suffixes: tuple[str, ...]) -> bool:
+    return any(s and f.stem.endswith(s) for s in suffixes)
+
+
+def _inside(f: Path, folder: Path | None) -> bool:
+    if folder is None:
+        return False
+    try:
+        return Path(os.path.abspath(f)).is_relative_to(folder)
+    except (OSError, ValueError):
+        return False
+
+
+def find_inputs(args: list[str], recursive: bool = False, skip_suffixes: tuple[str, ...] = (),
+                skip_dir: str | Path | None = None) -> Found:
     """Files, folders (recursive optional), unexpanded globs and "-" -> jobs.
     An argument that names nothing becomes a job carrying its error, so that
-    the batch reports it and goes on."""
+    the batch reports it and goes on.
+
+    Files given by name and files a glob matched mirror their path below
+    their common parent (as files found in a folder mirror their path below
+    it), so that `x/a/p.png x/b/p.png -o out/` gives out/a/p.png and
+    out/b/p.png. Folder and glob scans leave out our own earlier outputs:
+    files under `skip_dir` (the output folder) and files whose stem ends with
+    one of `skip_suffixes`; files named explicitly are always taken. A file
+    given twice is taken once."""
+    skip_dir = Path(os.path.abspath(skip_dir)) if skip_dir is not None else None
     jobs: list[Job] = []
+    loose: list[int] = []  # indices of jobs for files named or globbed
+    left_out = 0
+
+    def scanned(files) -> list[Path]:
+        nonlocal left_out
+        keep = []
+        for f in files:
+            if _inside(f, skip_dir) or _is_output_name(f, skip_suffixes):
+                left_out += 1
+            else:
+                keep.append(f)
+        return keep
+
     for arg in args:
         if arg == "-":
             jobs.append(Job("-", Path("stdin")))
@@ -68,19 +118,50 @@ def find_inputs(args: list[str], recursive: bool = False) -> list[Job]:
             it = p.rglob("*") if recursive else p.iterdir()
             found = sorted(f for f in it if f.is_file() and f.suffix.lower() in IMAGE_EXTS
                            and not f.name.startswith("."))
+            if not _inside(p, skip_dir):  # the output folder given as input is taken whole
+                found = scanned(found)
             jobs += [Job(f, f.relative_to(p)) for f in found]
         elif p.is_file():
+            loose.append(len(jobs))
             jobs.append(Job(p, Path(p.name)))
         elif any(c in arg for c in "*?["):
             found = sorted(Path(f) for f in globmod.glob(arg, recursive=recursive) if Path(f).is_file())
             if not found:
                 jobs.append(Job(p, Path(p.name), error="no file matches this pattern"))
-            jobs += [Job(f, Path(f.name)) for f in found]
+            for f in scanned(found):
+                loose.append(len(jobs))
+                jobs.append(Job(f, Path(f.name)))
         elif p.exists():
             jobs.append(Job(p, Path(p.name), error="not a regular file"))
         else:
             jobs.append(Job(p, Path(p.name), error="no such file or folder"))
-    return jobs
+    if len(loose) > 1:
+        absolute = [os.path.abspath(jobs[i].source) for i in loose]
+        parent = os.path.commonpath([os.path.dirname(a) for a in absolute])
+        for i, a in zip(loose, absolute):
+            jobs[i] = Job(jobs[i].source, Path(os.path.relpath(a, parent)))
+    out, seen, repeated = Found(), set(), 0
+    for j in jobs:
+        key = None
+        if j.error is None and j.source != "-":
+            try:
+                st = os.stat(j.source)
+                key = (st.st_dev, st.st_ino)
+            except OSError:
+                pass
+        if key is not None and key in seen:
+            repeated += 1
+            continue
+        seen.add(key) if key is not None else None
+        out.append(j)
+    out.notes = []
+    if left_out:
+        out.notes.append(f"left out {left_out} file{'s' * (left_out > 1)} found by folder or pattern "
+                         "that look like our own outputs (in the output folder, or named with an "
+                         "output suffix); name them explicitly to process them")
+    if repeated:
+        out.notes.append(f"{repeated} input{'s' * (repeated > 1)} given more than once: processed once")
+    return out
 
 
 def list_images(dirs: list[str | Path]) -> list[Path]:
@@ -98,11 +179,45 @@ def list_images(dirs: list[str | Path]) -> list[Path]:
     return files
 
 
+def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """The image at `path` as a loaded 8-bit RGB PIL image, or None when it
+    cannot be one (empty, damaged, not an image, over `max_pixels`): the
+    data of training, pruning and benchmarks skip such files."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                if im.size[0] * im.size[1] > max_pixels:
+                    return None
+                return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError, Image.DecompressionBombError):
+        return None
+
+
 def shard(jobs: list[Job], k: int, n: int) -> list[Job]:
     """The deterministic 1/n slice number k (1-based): a job belongs to the
     shard given by a CRC32 of its relative path, so every machine agrees
     without coordination, whatever order it listed the files in."""
-    return [j for j in jobs if zlib.crc32(str(j.rel).encode()) % n == k - 1]
+    # fsencode: a name that is not valid UTF-8 hashes by its bytes
+    return [j for j in jobs if zlib.crc32(os.fsencode(str(j.rel))) % n == k - 1]
+
+
+def shown(name: object) -> str:
+    """A name as messages show it: one line, and nothing the terminal would
+    act on (control characters, newlines and bytes that are not UTF-8 are
+    written as escapes)."""
+    out = []
+    for ch in str(name):
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:  # a byte that is not UTF-8 (surrogateescape)
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif o < 0x20 or 0x7F <= o < 0xA0 or 0xD800 <= o < 0xE000 or ch in "\u2028\u2029":
+            out.append(ch.encode("unicode_escape").decode("ascii") if o < 0x10000 else ch)
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------- reading
@@ -147,19 +262,24 @@ def read_bytes(job: Job) -> bytes:
     return data
 
 
-def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
-    """Decode image bytes into a `Picture`; raises `InputError` with the reason."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+           check: Callable[[int, int], None] | None = None) -> Picture:
+    """Decode image bytes into a `Picture`; raises `InputError` with the
+    reason. `check(width, height)` runs on the header, before the pixels
+    are decoded (and may raise)."""
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")  # the bomb guard is ours; damage is reported, not warned
             Image.MAX_IMAGE_PIXELS = None  # we check the limit ourselves, with our message
             im = Image.open(_io.BytesIO(data))
             w, h = im.size
             if w * h > max_pixels:
                 raise InputError(f"{w}x{h} is {w * h / 1e6:.0f} MP, over the pixel limit of "
                                  f"{max_pixels / 1e6:.0f} MP (raise it with --max-pixels)")
+            if check is not None:
+                check(w, h)
             fmt = (im.format or "").lower()
             notes = []
             n_frames = getattr(im, "n_frames", 1)
@@ -176,31 +296,69 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
 
     info = dict(im.info)
     icc = info.get("icc_profile")
-    exif = None
+    exif, orientation = None, 1
     try:
-        ex = im.getexif()
-        if ex:
-            orientation = ex.get(0x0112, 1)
-            if orientation != 1:
-                im = ImageOps.exif_transpose(im)
-            ex[0x0112] = 1
-            exif = ex.tobytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a corrupt EXIF block: Pillow warns, we note
+            ex = im.getexif()
+            if ex:
+                orientation = ex.get(0x0112, 1)
+                for tag in STRUCTURAL_TAGS & set(ex):
+                    del ex[tag]  # a TIFF's layout tags describe its own strips, not our output
+                ex[0x0112] = 1
+                exif = ex.tobytes()
+                if len(exif) > MAX_EXIF:
+                    notes.append(f"EXIF over 64 KB ({len(exif) // 1024} KB): dropped")
+                    exif = None
     except Exception:  # broken EXIF must not lose the pixels
         exif = None
         notes.append("EXIF unreadable: dropped")
 
     fmt_key = {"jpeg": "jpg", "mpo": "jpg"}.get(fmt, fmt)
-    pixels, alpha = pil_arrays(im, data, fmt_key)
+    pixels, alpha = pil_arrays(im, data, fmt_key, notes)
+    if orientation in ORIENT:
+        pixels = ORIENT[orientation](pixels)
+        alpha = None if alpha is None else ORIENT[orientation](alpha)
     if im.mode == "CMYK":
         icc = None  # a CMYK profile no longer describes the converted RGB
         notes.append("CMYK converted to RGB")
     return Picture(pixels, alpha, exif, icc, fmt_key or "png", notes)
 
 
-def pil_arrays(im, data: bytes = b"", fmt: str = "") -> tuple[np.ndarray, np.ndarray | None]:
-    """PIL image (+ the raw bytes for 16-bit colour, which Pillow reduces to
-    8 bits) -> (pixels (H, W, C), alpha (H, W) or None)."""
+# TIFF tags that describe a file's own layout (size, strips, tiles, sample
+# format, compression...): carried into another file they corrupt it. What
+# an EXIF block may carry on is the rest (camera, date, GPS, ...).
+STRUCTURAL_TAGS = frozenset({
+    254, 255, 256, 257, 258, 259, 262, 263, 264, 265, 266, 273, 277, 278, 279, 280, 281, 284,
+    288, 289, 290, 291, 292, 293, 317, 318, 319, 320, 322, 323, 324, 325, 330, 332, 338, 339,
+    340, 341, 343, 347, 351, 512, 513, 514, 515, 517, 518, 519, 520, 521, 529, 530, 531, 532,
+    34675,  # the ICC profile: carried on its own
+})
+
+# EXIF orientation -> the array operation that makes an (H, W, ...) array
+# upright (as ImageOps.exif_transpose does to an image)
+ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+ORIENT = {k: (lambda f: lambda a: np.ascontiguousarray(f(a)))(f) for k, f in ORIENT.items()}
+
+
+def pil_arrays(im, data: bytes = b"", fmt: str = "", notes: list[str] | None = None
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+    """PIL image (+ the raw bytes for 16-bit colour and gray+alpha, which
+    Pillow reduces to 8 bits) -> (pixels (H, W, C), alpha (H, W) or None).
+    Float pixels are read as 0..1, 0..255 or 0..65535, whichever range holds
+    them, into 16 bits (a note in `notes` says which)."""
     png = _png_info(data)
+    if png is not None and png[0] == 16 and png[1] == 4:  # 16-bit gray + alpha
+        a = _decode_cv2_16(data)
+        return a[0][..., :1], a[1]
     deep_color = (png is not None and png[0] == 16 and png[1] in (2, 6)) or (
         fmt == "tiff" and im.mode in ("RGB", "RGBA", "RGBX") and _tiff_bits(im) == 16)
     if deep_color:
@@ -212,7 +370,12 @@ def pil_arrays(im, data: bytes = b"", fmt: str = "") -> tuple[np.ndarray, np.nda
             raise InputError(f"unsupported 32-bit integer image (values {a.min()}..{a.max()})")
         return a.astype(np.uint16)[..., None], None
     if mode == "F":
-        a = np.clip(np.asarray(im), 0.0, 1.0) * 65535.0
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        top = max(float(a.max(initial=0.0)), 0.0)
+        full = next(t for t in (1.0, 255.0, 65535.0, top) if top <= t)
+        if notes is not None:
+            notes.append(f"float pixels read as 0..{full:g} into 16 bits")
+        a = np.clip(a, 0.0, full) * (65535.0 / (full or 1.0))
         return np.round(a).astype(np.uint16)[..., None], None
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -256,14 +419,17 @@ def _decode_cv2_16(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
         raise InputError("damaged 16-bit image")
     if a.ndim == 2:
         return a[..., None], None
+    if a.shape[2] == 2:  # gray + alpha
+        return np.ascontiguousarray(a[..., :1]), _alpha_or_none(a[..., 1])
     if a.shape[2] == 4:
         rgba = cv2.cvtColor(a, cv2.COLOR_BGRA2RGBA)
         return np.ascontiguousarray(rgba[..., :3]), _alpha_or_none(rgba[..., 3])
     return cv2.cvtColor(a, cv2.COLOR_BGR2RGB), None
 
 
-def read(job: Job, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
-    return decode(read_bytes(job), max_pixels)
+def read(job: Job, max_pixels: int = DEFAULT_MAX_PIXELS,
+         check: Callable[[int, int], None] | None = None) -> Picture:
+    return decode(read_bytes(job), max_pixels, check)
 
 
 # --------------------------------------------------------------------------- writing
@@ -295,8 +461,20 @@ def encode(pic: Picture, fmt: str, quality: int = 95, fileobj: BinaryIO | None =
         alpha = _to8(alpha) if alpha is not None else None
     if fmt == "jpg":
         alpha = None
-    if deep and not pic.gray or (deep and alpha is not None):
-        fileobj.write(_encode_cv2_16(px, alpha, fmt, pic.icc, pic.exif))
+    if fmt == "tiff":
+        if deep and pic.gray and alpha is not None:
+            px = np.repeat(px, 3, axis=2)  # 16-bit gray+alpha TIFF: few readers take it
+        h, w, c = px.shape
+        tif = TiffStream(fileobj, w, h, c + (alpha is not None), 16 if deep else 8, pic.icc, pic.exif)
+        tif.write(np.dstack([px, alpha]) if alpha is not None else px)
+        tif.close()
+        return None
+    if deep and fmt == "png" and (not pic.gray or alpha is not None):
+        # Pillow has no 16-bit colour or gray+alpha: our own PNG writer
+        h, w, c = px.shape
+        png = PngStream(fileobj, w, h, c + (alpha is not None), 16, pic.icc, pic.exif, png_level(px.size))
+        png.write(np.dstack([px, alpha]) if alpha is not None else px)
+        png.close()
         return None
     if pic.gray:
         g = px[..., 0]
@@ -318,8 +496,6 @@ def encode(pic: Picture, fmt: str, quality: int = 95, fileobj: BinaryIO | None =
         kw.update(quality=quality, method=4)
     elif fmt == "png":
         kw.update(compress_level=png_level(px.size))
-    elif fmt == "tiff":
-        kw.update(compression="tiff_deflate")
     im.save(fileobj, format={"jpg": "JPEG", "png": "PNG", "webp": "WEBP", "tiff": "TIFF"}[fmt], **kw)
     return None
 
@@ -332,23 +508,6 @@ def png_level(values: int) -> int:
 
 def _to8(a: np.ndarray) -> np.ndarray:
     return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-
-
-def _encode_cv2_16(px, alpha, fmt, icc, exif) -> bytes:
-    import cv2
-
-    if px.shape[2] == 1:
-        px = np.repeat(px, 3, axis=2)
-    a = cv2.cvtColor(px, cv2.COLOR_RGB2BGR)
-    if alpha is not None:
-        a = np.dstack([a, alpha])
-    ok, buf = cv2.imencode(".png" if fmt == "png" else ".tif", a)
-    if not ok:
-        raise OutputError("16-bit encoder failed")
-    data = buf.tobytes()
-    if fmt == "png":
-        data = png_add_chunks(data, icc, exif)
-    return data
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
@@ -386,7 +545,9 @@ def write_atomic(data: bytes | Callable[[BinaryIO], None], path: Path, overwrite
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # the temporary name must fit where the final one fits (255 bytes)
+        stem = os.fsencode(path.name)[:200].decode(errors="ignore") if os.name != "nt" else path.name[:200]
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise OutputError(f"cannot write in {path.parent} ({e.strerror or e})") from None
     try:
@@ -476,3 +637,105 @@ class PngStream:
             raise OutputError(f"PNG stream got {self.rows} of {self.height} rows")
         self.f.write(_chunk(b"IDAT", self.z.flush()))
         self.f.write(_chunk(b"IEND", b""))
+
+
+class TiffStream:
+    """A TIFF written strip by strip, so a huge output is never held whole.
+
+    Baseline TIFF: contiguous samples (8 or 16 bits; gray, gray+alpha, RGB,
+    RGBA), deflate-compressed strips, the ICC profile and the EXIF tags
+    (camera tags in the first directory, the Exif and GPS directories as
+    sub-directories; layout tags never). The directory is written first with
+    room for the strip table, which `close` fills in: the file must be
+    seekable."""
+
+    def __init__(self, f: BinaryIO, width: int, height: int, channels: int, bits: int,
+                 icc: bytes | None = None, exif: bytes | None = None, level: int = 6):
+        from PIL import Image, TiffImagePlugin, TiffTags
+
+        self.f, self.width, self.height, self.channels, self.bits = f, width, height, channels, bits
+        self.rowbytes = width * channels * bits // 8
+        self.rows_per_strip = max(1, min(height, (1 << 18) // max(1, self.rowbytes)))
+        n = -(-height // self.rows_per_strip)
+        self.level = level
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = self.rows = 0
+        self.offsets: list[int] = []
+        self.counts: list[int] = []
+        ifd = TiffImagePlugin.ImageFileDirectory_v2(prefix=b"II")
+        if exif:
+            ex = Image.Exif()
+            ex.load(exif)
+            for tag in set(ex) - STRUCTURAL_TAGS:
+                if tag in TiffTags.TAGS_V2_GROUPS:
+                    sub = dict(ex.get_ifd(tag))
+                    if sub:
+                        ifd[tag] = sub
+                        ifd.tagtype[tag] = TiffTags.LONG
+                else:
+                    ifd[tag] = ex[tag]
+                    if tag in getattr(ex, "tagtype", {}):
+                        ifd.tagtype[tag] = ex.tagtype[tag]
+        color = channels >= 3
+        for tag, value, typ in (
+                (256, width, TiffTags.LONG), (257, height, TiffTags.LONG),
+                (258, (bits,) * channels, TiffTags.SHORT), (259, 8, TiffTags.SHORT),  # deflate
+                (262, 2 if color else 1, TiffTags.SHORT), (277, channels, TiffTags.SHORT),
+                (278, self.rows_per_strip, TiffTags.LONG), (284, 1, TiffTags.SHORT),
+                (273, (0,) * n, TiffTags.LONG), (279, (0,) * n, TiffTags.LONG)):
+            ifd[tag] = value
+            ifd.tagtype[tag] = typ
+        if channels in (2, 4):
+            ifd[338] = 2  # unassociated alpha
+            ifd.tagtype[338] = TiffTags.SHORT
+        if icc:
+            ifd[34675] = icc
+            ifd.tagtype[34675] = TiffTags.UNDEFINED
+        self.start = f.tell()
+        head = b"II*\x00" + struct.pack("<I", 8)
+        try:
+            directory = ifd.tobytes(8)
+        except Exception as e:  # a tag value the TIFF types cannot hold
+            raise OutputError(f"cannot describe this image as TIFF ({type(e).__name__}: {e})") from None
+        # where the two strip tables lie (tobytes has pointed the offsets
+        # past the directory, where the strips start; both are overwritten)
+        self.tables = {}
+        for i in range(struct.unpack_from("<H", directory)[0]):
+            tag, _, count, value = struct.unpack_from("<HHII", directory, 2 + 12 * i)
+            if tag in (273, 279):
+                self.tables[tag] = 8 + 2 + 12 * i + 8 if count * 4 <= 4 else value
+        f.write(head + directory)
+        self.data_start = f.tell()
+
+    def write(self, band: np.ndarray) -> None:
+        """band: (rows, width, channels) uint8 or uint16."""
+        self.pending.append(band)
+        self.pending_rows += band.shape[0]
+        while self.pending_rows >= self.rows_per_strip:
+            self._strip(self.rows_per_strip)
+
+    def _strip(self, rows: int) -> None:
+        block = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        strip, rest = block[:rows], block[rows:]
+        self.pending = [rest] if rest.shape[0] else []
+        self.pending_rows -= rows
+        raw = np.ascontiguousarray(strip.astype("<u2") if self.bits == 16 else strip)
+        data = zlib.compress(raw.tobytes(), self.level)
+        pos = self.f.tell() - self.start
+        if pos + len(data) > 0xFFFFFFFF:
+            raise OutputError("TIFF output over 4 GB (choose --format png)")
+        self.offsets.append(pos)
+        self.counts.append(len(data))
+        self.f.write(data)
+        self.rows += rows
+
+    def close(self) -> None:
+        if self.pending_rows:
+            self._strip(self.pending_rows)
+        if self.rows != self.height:
+            raise OutputError(f"TIFF stream got {self.rows} of {self.height} rows")
+        end = self.f.tell()
+        for tag, values in ((273, self.offsets), (279, self.counts)):
+            self.f.seek(self.start + self.tables[tag])
+            self.f.write(struct.pack(f"<{len(values)}I", *values))
+        self.f.seek(end)

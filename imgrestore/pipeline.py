@@ -8,6 +8,8 @@ side so memory stays flat over any number of files.
 
 from __future__ import annotations
 
+import io as _io
+import os
 import sys
 import time
 import traceback
@@ -20,11 +22,13 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from . import io
-from .errors import ImgRestoreError, OutputError, OutputExists
+from .errors import ImgRestoreError, NameCollision, OutputError, OutputExists
 
 
-# outputs at least this large are streamed to PNG band by band
+# outputs at least this large are streamed band by band, in the formats
+# whose writer takes bands
 STREAM_MIN_PIXELS = 16_000_000
+STREAMED = {"png": io.PngStream, "tiff": io.TiffStream}
 
 
 @dataclass
@@ -39,6 +43,7 @@ class Options:
     overlap: int | None = None  # None: the model's receptive radius (exact tiling)
     overwrite: bool = False
     max_pixels: int = io.DEFAULT_MAX_PIXELS
+    max_output_pixels: int = io.DEFAULT_MAX_OUTPUT_PIXELS
     debug: bool = False
     on_tile: Callable[[int, int], None] | None = None
 
@@ -76,6 +81,34 @@ def target(job: io.Job, o: Options) -> tuple[Path | str, str]:
     return Path(o.output) / rel.parent / f"{rel.stem}{o.dir_suffix}{ext}", fmt
 
 
+def _key(p: Path | str) -> str:
+    return os.path.normcase(os.path.abspath(p))
+
+
+def check_names(jobs: list[io.Job], o: Options) -> None:
+    """Refuse, before any work, a batch in which two inputs would be written
+    to one output name (a.png and a.bmp -> a_x2.png), or, with overwrite, in
+    which an output would replace another input of the same batch. Raises
+    `NameCollision` naming both inputs."""
+    seen: dict[str, io.Job] = {}
+    sources = {_key(j.source): j for j in jobs if j.error is None and j.source != "-"}
+    for job in jobs:
+        if job.error is not None:
+            continue
+        out, _ = target(job, o)
+        if out == "-":
+            continue
+        k = _key(out)
+        if k in seen:
+            raise NameCollision(f"{io.shown(seen[k].name)} and {io.shown(job.name)} would both be written "
+                                f"to {io.shown(out)}; give them different names or process them separately")
+        seen[k] = job
+        other = sources.get(k)
+        if o.overwrite and other is not None and other is not job:
+            raise NameCollision(f"the output of {io.shown(job.name)} would replace "
+                                f"{io.shown(other.name)}, another input of this run")
+
+
 def _same_file(a: Path | str, b: Path | str) -> bool:
     if a == "-" or b == "-":
         return False
@@ -108,18 +141,25 @@ def _precheck(job: io.Job, out: Path | str | None, o: Options) -> tuple[str, str
 
 
 def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
+    """Results, one per job, in order. Raises `NameCollision` (before any
+    work) if two jobs would write one output."""
     jobs = list(jobs)
+    check_names(jobs, o)
     with ThreadPoolExecutor(1, thread_name_prefix="decode") as readers, \
             ThreadPoolExecutor(1, thread_name_prefix="encode") as writers:
         reads: dict[int, Future] = {}
         writes: deque[tuple[Result, Future]] = deque()
+
+        def checker(i: int):
+            fmt = target(jobs[i], o)[1]
+            return lambda w, h: _check_output(w * restorer.scale, h * restorer.scale, fmt, o)
 
         def prefetch(i: int) -> None:
             # queue the decode of job i if it will be needed
             if i < len(jobs) and i not in reads and jobs[i].error is None and jobs[i].source != "-":
                 out, _ = target(jobs[i], o)
                 if o.overwrite or out == "-" or not Path(out).exists():
-                    reads[i] = readers.submit(io.read, jobs[i], o.max_pixels)
+                    reads[i] = readers.submit(io.read, jobs[i], o.max_pixels, checker(i))
 
         def drain(block: bool) -> Iterator[Result]:
             while writes and (block or writes[0][1].done()):
@@ -151,13 +191,13 @@ def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
             prefetch(i)
             prefetch(i + 1)  # decode the next input while this one computes
             try:
-                pic = reads.pop(i).result() if i in reads else io.read(job, o.max_pixels)
+                pic = reads.pop(i).result() if i in reads else io.read(job, o.max_pixels, checker(i))
                 res.size_in = pic.size
                 res.notes = list(pic.notes)
                 w, h = pic.size
-                if fmt == "png" and out != "-" and w * h * restorer.scale**2 >= STREAM_MIN_PIXELS:
+                if fmt in STREAMED and out != "-" and w * h * restorer.scale**2 >= STREAM_MIN_PIXELS:
                     yield from drain(True)
-                    res.size_out = _stream_png(restorer, pic, Path(out), o)
+                    res.size_out = _stream(restorer, pic, Path(out), fmt, o)
                     res.seconds = time.perf_counter() - t0
                     yield res
                     continue
@@ -183,33 +223,67 @@ def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
 
 def _write(pic: io.Picture, out: Path | str, fmt: str, o: Options, res: Result, t0: float) -> None:
     if out == "-":
-        data = io.encode(pic, fmt, o.quality)
-        try:
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
-        except OSError as e:
-            raise OutputError(f"cannot write to stdout ({e.strerror or e})") from None
+        write_stdout(io.encode(pic, fmt, o.quality))
     else:
         io.write_atomic(lambda f: io.encode(pic, fmt, o.quality, f), Path(out), o.overwrite)
     res.seconds = time.perf_counter() - t0
 
 
-def _stream_png(restorer, pic: io.Picture, out: Path, o: Options) -> tuple[int, int]:
-    """Run the network band by band straight into a PNG: the output is never
-    held whole (a 24000x18000 result is 1.3 GB as 8-bit RGB)."""
+def _check_output(w: int, h: int, fmt: str, o: Options) -> None:
+    """Refuse, before the network runs, an output over --max-output-pixels
+    or larger than its format can hold."""
+    if w * h > o.max_output_pixels:
+        raise OutputError(f"the output would be {w}x{h}, {w * h / 1e6:,.0f} MP, over the output limit of "
+                          f"{o.max_output_pixels / 1e6:,.0f} MP (raise it with --max-output-pixels)")
+    side = io.MAX_SIDE.get(fmt)
+    if side and max(w, h) > side:
+        raise OutputError(f"the output would be {w}x{h}, and {fmt.upper()} holds at most {side:,} pixels a "
+                          "side (choose --format png or tiff)")
+
+
+def write_stdout(data: bytes) -> None:
+    """All of `data` to stdout, or `OutputError`: a short write (a full disk,
+    a file size limit) is an error, never a cut image reported as done."""
+    try:
+        sys.stdout.flush()
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError, _io.UnsupportedOperation):
+        fd = None
+    if fd is None:  # not a real file (an in-process test runner)
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    view = memoryview(data)
+    try:
+        while view:
+            n = os.write(fd, view[:1 << 20])
+            if n <= 0:
+                raise OSError(0, "short write")
+            view = view[n:]
+    except OSError as e:
+        raise OutputError(f"cannot write to stdout ({e.strerror or e}); "
+                          f"{len(data) - len(view)} of {len(data)} bytes written") from None
+
+
+def _stream(restorer, pic: io.Picture, out: Path, fmt: str, o: Options) -> tuple[int, int]:
+    """Run the network band by band straight into a PNG or TIFF: the output
+    is never held whole (a 24000x18000 result is 1.3 GB as 8-bit RGB)."""
     desc, bands = restorer.picture_bands(pic, o.tile, o.overlap, o.on_tile)
     h, w, c = desc.pixels.shape
-    channels = c + (1 if desc.has_alpha else 0)
     bits = 16 if desc.pixels.dtype.itemsize == 2 else 8
+    widen = fmt == "tiff" and bits == 16 and c == 1 and desc.has_alpha  # as io.encode writes it
+    c = 3 if widen else c
+    channels = c + (1 if desc.has_alpha else 0)
 
     def writer(f):
-        png = io.PngStream(f, w, h, channels, bits, desc.icc, desc.exif, io.png_level(h * w * c))
+        stream = STREAMED[fmt](f, w, h, channels, bits, desc.icc, desc.exif, io.png_level(h * w * c))
         for _, band, alpha in bands:
-            png.write(np.dstack([band, alpha]) if alpha is not None else band)
-        png.close()
+            band = np.repeat(band, 3, axis=2) if widen else band
+            stream.write(np.dstack([band, alpha]) if alpha is not None else band)
+        stream.close()
 
     io.write_atomic(writer, out, o.overwrite)
     return w, h
 
 
-__all__ = ["Options", "Result", "run", "target"]
+__all__ = ["Options", "Result", "check_names", "run", "target"]

@@ -106,6 +106,7 @@ def build_from_weights(wf) -> nn.Module:
     spec = ARCHS.get(wf.arch)
     if spec is None:
         raise WeightsError(f"{wf.path}: unknown architecture {wf.arch!r} (known: {', '.join(ARCHS)})")
+    check_config(wf, spec)
     try:
         model = spec.build(dict(wf.config))
     except (TypeError, ValueError) as e:
@@ -115,6 +116,57 @@ def build_from_weights(wf) -> nn.Module:
         tensors.update(_component_tensors(wf, model, prefix, getattr(model.cfg, field)))
     load_state_strict(model, tensors, wf.path)
     return model
+
+
+def _ints(value) -> list[int]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [i for v in value for i in _ints(v)]
+    if isinstance(value, dict):
+        return [i for v in value.values() for i in _ints(v)]
+    return []
+
+
+def check_config(wf, spec: ArchSpec) -> None:
+    """Refuse a config that does not describe the file's tensors before
+    building anything for real: a 650 KB file asking for 6,000 channels or
+    10^7 blocks would allocate gigabytes first. Every number in the config
+    must be of the order of the tensors' own sizes (channels, blocks, scale
+    are), a `scale` must agree with the metadata, and the architecture,
+    built on the meta device (no memory), must have the file's shapes."""
+    cfg = wf.config
+    if "scale" in cfg and cfg["scale"] != wf.scale:
+        raise WeightsError(f"{wf.path}: the config's scale {cfg['scale']!r} disagrees with the "
+                           f"metadata's scale {wf.scale}")
+    dims = [d for t in wf.tensors.values() for d in t.shape]
+    bound = 4 * max([len(wf.tensors), *dims, 1])
+    for name, value in cfg.items():
+        big = [i for i in _ints(value) if i > bound or i < 0]
+        if big:
+            raise WeightsError(f"{wf.path}: config {name}={big[0]} does not fit the file's tensors "
+                               f"(none is larger than {bound // 4} in any dimension)")
+    try:
+        with torch.device("meta"):
+            probe = spec.build(dict(cfg))
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f"{wf.path}: config does not fit architecture {wf.arch!r} ({e})") from None
+    want = {k: tuple(v.shape) for k, v in own_state(probe).items()}
+    have = {k: tuple(v.shape) for k, v in wf.tensors.items()}
+    wrong = [f"{k} {have[k]} != {want[k]}" for k in sorted(set(want) & set(have)) if have[k] != want[k]]
+    missing = sorted(set(want) - set(have))
+    if wrong or missing:
+        # (unexpected keys alone are left to the real load: modules may drop
+        # legacy keys they know are dead)
+        unexpected = sorted(set(have) - set(want))
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)):
+            if keys:
+                sep = "; " if label == "shape" else ", "
+                parts.append(f"{label} " + sep.join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
+        raise WeightsError(f"{wf.path}: tensors do not match the architecture: " + " | ".join(parts))
 
 
 def _component_tensors(wf, model: nn.Module, prefix: str, name: str) -> dict:

@@ -194,8 +194,12 @@ class Restorer:
                 return Image.fromarray(np.dstack([arr, res.alpha]), "LA" if res.gray else "RGBA")
             return Image.fromarray(arr, "L" if res.gray else "RGB")
         a = np.asarray(image)
+        if a.dtype.kind == "u" and a.dtype.itemsize == 2 and a.dtype != np.uint16:
+            a = a.astype(np.uint16)  # big-endian: the same values in native order
         if a.dtype not in (np.uint8, np.uint16):
             raise TypeError(f"expected uint8 or uint16 pixels, got {a.dtype}")
+        if a.size == 0:
+            raise ValueError(f"expected an image, got an empty array of shape {a.shape}")
         squeeze = a.ndim == 2
         if squeeze:
             a = a[..., None]

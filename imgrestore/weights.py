@@ -89,7 +89,7 @@ def read(path: str | os.PathLike) -> WeightsFile:
     try:
         config = json.loads(meta["config"])
         provenance = json.loads(meta.get("provenance", "{}"))
-        return WeightsFile(
+        wf = WeightsFile(
             path=path,
             arch=meta["arch"],
             config=config,
@@ -100,6 +100,17 @@ def read(path: str | os.PathLike) -> WeightsFile:
         )
     except (KeyError, ValueError) as e:
         raise WeightsError(f"{path}: damaged metadata ({e})") from None
+    if not isinstance(wf.config, dict):
+        raise WeightsError(f"{path}: damaged metadata (config is not a JSON object)")
+    if wf.scale < 1:
+        raise WeightsError(f"{path}: damaged metadata (scale {wf.scale}; it must be 1 or more)")
+    for k, t in tensors.items():
+        if not t.is_floating_point():
+            raise WeightsError(f"{path}: tensor {k} is {str(t.dtype).replace('torch.', '')}; "
+                               "weights are floating point")
+        if not bool(torch.isfinite(t).all()):
+            raise WeightsError(f"{path}: tensor {k} holds NaN or infinite values")
+    return wf
 
 
 def load_state_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path) -> None:

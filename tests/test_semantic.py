@@ -171,3 +171,15 @@ def test_training_with_cached_features_resumes_and_loads(tiny_semantic, tmp_path
     assert any("resumed" in m for m in logs)
     r = load(out, device="cpu")
     assert r(np.zeros((9, 7), np.uint8)).shape == (9, 7, 3)
+
+
+def test_dropout_only_in_training():
+    torch.manual_seed(0)
+    m = randomize(SemanticColorNet(encoder_config=TINY_ENC, width=8, global_dim=16, dropout=0.5), std=0.3)
+    l = torch.rand(1, 1, 32, 32) * 100
+    m.train()
+    with torch.no_grad():
+        assert not torch.equal(m(l), m(l))
+    m.eval()
+    with torch.no_grad():
+        assert torch.equal(m(l), m(l))

@@ -162,14 +162,17 @@ def load_color_images(files: list[Path], short_side: int) -> tuple[list[np.ndarr
     returns the images and the ImageNet wnid in each file's name (or None)."""
     from PIL import Image
 
+    from ..io import open_rgb
+
     images, wnids = [], []
     for f in files:
-        with Image.open(f) as im:
-            im = im.convert("RGB")
-            s = short_side / min(im.size)
-            im = im.resize((max(short_side, round(im.width * s)), max(short_side, round(im.height * s))),
-                           Image.BICUBIC)
-            a = np.asarray(im).copy()
+        im = open_rgb(f)
+        if im is None:  # unreadable: skipped
+            continue
+        s = short_side / min(im.size)
+        im = im.resize((max(short_side, round(im.width * s)), max(short_side, round(im.height * s))),
+                       Image.BICUBIC)
+        a = np.asarray(im).copy()
         if is_gray(a):
             continue
         m = WNID.search(f.name)
@@ -441,6 +444,7 @@ TASK = Task(
     help="Colorize black-and-white or faded photos (colour input is recolorized from its luminance).",
     restorer=ColorizeRestorer,
     suffix=lambda r: "_color",
+    output_suffixes=("_color",),
     options=(REFERENCE_OPTION, RENDER_SIZE_OPTION, SATURATION_OPTION),
     default_model=lambda values: "colorize",
     settings=settings,

@@ -65,15 +65,15 @@ def sr_pair(path: Path, scale: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_rgb(files: list[Path], min_side: int) -> list[np.ndarray]:
-    """Decode every file to an (H, W, 3) uint8 array; skip ones too small."""
-    from PIL import Image
+    """Decode every file to an (H, W, 3) uint8 array; skip ones too small
+    or unreadable."""
+    from ..io import open_rgb
 
     out = []
     for f in files:
-        with Image.open(f) as im:
-            im = im.convert("RGB")
-            if min(im.size) >= min_side:
-                out.append(np.asarray(im).copy())
+        im = open_rgb(f)
+        if im is not None and min(im.size) >= min_side:
+            out.append(np.asarray(im).copy())
     return out
 
 
@@ -206,7 +206,7 @@ def calibration(data: list[str], scale: int, seed: int) -> Calibration:
 
     images = load_rgb(list_images(data), min_side=48 * scale)
     if not images:
-        raise ValueError(f"no calibration image is at least {48 * scale} pixels on each side")
+        raise ValueError(f"no readable calibration image is at least {48 * scale} pixels on each side")
     pairs = SRPairs(images, scale, 48, seed=seed)
     held = SRPairs(images, scale, 48, seed=seed + 1).batch(32)
 
@@ -277,6 +277,7 @@ TASK = Task(
     help="Upscale images x2, x3 or x4 (files, folders, or - for stdin).",
     restorer=Restorer,
     suffix=lambda r: f"_x{r.scale}",
+    output_suffixes=("_x2", "_x3", "_x4"),
     options=SCALE_OPTIONS,
     default_model=lambda values: f"upscale-x{values.get('scale') or 4}",
     check=_check,
