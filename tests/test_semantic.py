@@ -183,3 +183,24 @@ def test_dropout_only_in_training():
     m.eval()
     with torch.no_grad():
         assert torch.equal(m(l), m(l))
+
+
+def test_semantic_colorizer_exports_for_any_working_size(tiny_semantic, tmp_path):
+    """SAME padding is arithmetic on the side, so the graph is right for
+    sides that reach odd sizes inside the encoder (40 -> 20 -> 10 -> 5 -> 3)."""
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    from imgrestore import tasks
+    from imgrestore.export import export_model
+
+    path, model = tiny_semantic
+    out = tmp_path / "c.onnx"
+    export_model(weights.read(path), out)
+    io = tasks.get("colorize").net
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for h, w in ((40, 56), (64, 96), (24, 8)):
+        l = torch.rand(1, 1, h, w) * 100
+        with torch.no_grad():
+            want = model(l)
+        got = torch.from_numpy(sess.run([io.output], {io.input: l.numpy()})[0])
+        assert got.shape == want.shape and (got - want).abs().max() < 1e-2

@@ -48,16 +48,24 @@ class EncoderConfig:
 
 class SameConv(nn.Conv2d):
     """Convolution with TensorFlow "SAME" padding (bias holds folded batch
-    norm)."""
+    norm): output side ceil(input / stride), the odd pixel of padding after.
+    Stride 1 pads k - 1, stride 2 pads k - 2 + (input side mod 2), written
+    as arithmetic on the side (no branch on it), so an exported graph keeps
+    the rule for every input size."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.stride[0] not in (1, 2) or (self.stride[0] == 2 and self.kernel_size[0] < 2):
+            raise ValueError("SameConv supports stride 1, and stride 2 with kernels of 2 or more")
 
     def forward(self, x):
         k, s = self.kernel_size[0], self.stride[0]
+        if s == 1:
+            return F.conv2d(x, self.weight, self.bias, 1, (k - 1) // 2, 1, self.groups)
         ih, iw = x.shape[-2:]
-        ph = max((-(-ih // s) - 1) * s + k - ih, 0)
-        pw = max((-(-iw // s) - 1) * s + k - iw, 0)
-        if ph or pw:
-            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)
+        ph, pw = k - 2 + ih % 2, k - 2 + iw % 2
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        return F.conv2d(x, self.weight, self.bias, s, 0, 1, self.groups)
 
 
 class MBConv(nn.Module):
