@@ -13,9 +13,13 @@ from __future__ import annotations
 import glob as globmod
 import io as _io
 import os
+import re
+import stat
 import struct
 import sys
 import tempfile
+import threading
+import time
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -552,18 +556,84 @@ def png_add_chunks(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
     return png[:ihdr_end] + extra + png[ihdr_end:]
 
 
+# our temporary files: .NAME.imgrestore-PID-XXXXXXXX.tmp next to the output
+# (hidden; the writer's process id, then mkstemp's eight random characters)
+_TMP_TAG = "imgrestore"
+_TMP_NAME = re.compile(rf"\..*\.{_TMP_TAG}-([0-9]+)-[a-z0-9_]{{8}}\.tmp", re.DOTALL)
+# a temporary file untouched this long, whose writer is gone, was left by a
+# killed run (kill -9, a power cut): writers touch theirs at every band. The
+# age also spares a live writer on another machine sharing the folder.
+STALE_AFTER = 30 * 60
+_swept: set[str] = set()
+_swept_lock = threading.Lock()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # not ours to signal (another user's): alive
+        return True
+    return True
+
+
+def sweep_stale(folder: str | Path, older_than: float = STALE_AFTER) -> int:
+    """Remove, from `folder`, temporary files of our own naming that a killed
+    run left: named `.NAME.imgrestore-PID-XXXXXXXX.tmp`, regular files of
+    this user, unchanged for `older_than` seconds, and whose PID is no live
+    process. Nothing else is touched; errors are ignored (someone else may
+    be sweeping too). Returns how many were removed. POSIX only (elsewhere
+    no process can be asked whether it lives without harming it)."""
+    if os.name != "posix":
+        return 0
+    removed = 0
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for e in entries:
+        m = _TMP_NAME.fullmatch(e.name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            st = e.stat(follow_symlinks=False)
+            if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or now - st.st_mtime < older_than
+                    or _pid_alive(int(m.group(1)))):
+                continue
+            os.unlink(e.path)
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _sweep_once(folder: Path) -> None:
+    """`sweep_stale` each output folder once per process."""
+    key = os.path.abspath(folder)
+    with _swept_lock:
+        if key in _swept:
+            return
+        _swept.add(key)
+    sweep_stale(folder)
+
+
 def write_atomic(data: bytes | Callable[[BinaryIO], None], path: Path, overwrite: bool) -> None:
     """Write `data` (bytes, or a function that writes into a binary file) to
     `path` through a temporary file in the same folder. Without `overwrite`
     an existing file is never replaced (the final link fails if the name is
     taken, even by a concurrent run). Raises `OutputError`; never leaves the
-    temporary file behind, whatever is raised (Ctrl-C included)."""
+    temporary file behind, whatever is raised (Ctrl-C included). What only
+    a killed process leaves (`.NAME.imgrestore-PID-XXXXXXXX.tmp`) is swept
+    from the folder by the next run that writes there (`sweep_stale`)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # the temporary name must fit where the final one fits (255 bytes)
         stem = os.fsencode(path.name)[:200].decode(errors="ignore") if os.name != "nt" else path.name[:200]
-        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=path.parent)
+        _sweep_once(path.parent)  # what a killed run left here
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.{_TMP_TAG}-{os.getpid()}-", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise OutputError(f"cannot write in {path.parent} ({e.strerror or e})") from None
     try:

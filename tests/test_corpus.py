@@ -532,6 +532,73 @@ def test_14_the_same_input_twice_is_done_once(cli, tiny_x2, tmp_path):
     assert code == 0 and "another run" not in err and "1 done, 0 skipped" in err, err
 
 
+# a run killed while it writes: the PNG writer stops for good after its
+# first band, so the temporary file is there, half-written, when kill -9 comes
+_STUCK_WRITER = """
+import time
+from imgrestore import io, pipeline
+from imgrestore.cli import main
+pipeline.STREAM_MIN_PIXELS = 1
+write = io.PngStream.write
+def stuck(self, band):
+    write(self, band)
+    self.f.flush()
+    time.sleep(600)
+io.PngStream.write = stuck
+main()
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="kill -9")
+def test_14_what_kill_9_leaves_is_swept_by_the_next_run(tiny_x2, tmp_path):
+    """`kill -9` leaves a hidden temporary file next to the output; the next
+    run that writes in that folder removes it once it is stale (untouched
+    for 30 minutes, its process gone). Nothing that is not unmistakably
+    ours is touched: the old naming (mkstemp's alone), a live writer's file,
+    a fresh one, another user's name without the leading dot."""
+    import signal
+    import time
+
+    noise_image(40, 40, seed=1).save(tmp_path / "a.png")
+    noise_image(40, 40, seed=2).save(tmp_path / "b.png")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", _STUCK_WRITER, "upscale", "--model", str(tiny_x2),
+                             str(tmp_path / "a.png"), "-o", str(out / "a.png"), "--tile", "8"],
+                            env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.stat().st_size for p in out.glob(".*.tmp")):  # a band is in it
+            assert time.monotonic() < deadline and proc.poll() is None, "the writer never started"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    (left,) = out.glob(".*.tmp")
+    assert not (out / "a.png").exists()
+    dead = str(proc.pid)
+    old = time.time() - 2 * 3600
+    keep = [out / ".a.png.k3j4l5m6.tmp",  # mkstemp's naming alone: not unmistakably ours
+            out / f".a.png.imgrestore-{os.getpid()}-abcdefgh.tmp",  # its writer lives
+            out / f"notes.imgrestore-{dead}-abcdefgh.tmp"]  # not hidden: not our naming
+    for p in keep:
+        p.write_bytes(b"x")
+        os.utime(p, (old, old))
+    fresh = out / f".b.png.imgrestore-{dead}-abcdefgh.tmp"  # too recent to judge
+    fresh.write_bytes(b"x")
+    keep.append(fresh)
+    # a run that writes elsewhere leaves the folder alone; one that writes
+    # there sweeps it
+    cmd = [sys.executable, "-m", "imgrestore", "upscale", "--model", str(tiny_x2), "-q"]
+    os.utime(left, (old, old))
+    subprocess.run([*cmd, str(tmp_path / "b.png"), "-o", str(tmp_path / "elsewhere.png")], env=_env(), check=True,
+                   timeout=120)
+    assert left.exists()
+    subprocess.run([*cmd, str(tmp_path / "b.png"), "-o", str(out / "b.png")], env=_env(), check=True, timeout=120)
+    assert not left.exists(), "the killed run's temporary file is still there"
+    assert all(p.exists() for p in keep), [p.name for p in keep if not p.exists()]
+    assert (out / "b.png").exists()
+
+
 def test_14_corrupt_exif_is_quiet_under_q(tmp_path):
     good = _io.BytesIO()
     noise_image(8, 8).save(good, format="JPEG")
