@@ -526,10 +526,23 @@ def test_14_exif_over_64_kb_is_dropped_with_a_note(cli, tiny_x2, tmp_path):
     _opened(tmp_path / "out.jpg")
 
 
-def test_14_the_same_input_twice_is_done_once(cli, tiny_x2, tmp_path):
-    noise_image(8, 8).save(tmp_path / "a.png")
-    code, _, err = cli("upscale", "--model", tiny_x2, tmp_path / "a.png", tmp_path / "a.png", "-o", tmp_path / "o")
+@pytest.mark.parametrize("spelling", ["same", "dot", "folder", "next-to-input"])
+def test_14_the_same_input_twice_is_done_once(cli, tiny_x2, tmp_path, spelling):
+    """One file named twice, however spelled, is one job: before, the second
+    copy raced the first one's output and was reported "skipped: output
+    exists (written by another run)" (and with the names mirrored below
+    their common parent, both copies would now be refused as a collision)."""
+    d = tmp_path / "in"
+    d.mkdir()
+    noise_image(8, 8).save(d / "a.png")
+    a = d / "a.png"
+    inputs = {"same": [a, a], "dot": [a, f"{d}/./a.png"], "folder": [d, a], "next-to-input": [a, a]}[spelling]
+    out = [] if spelling == "next-to-input" else ["-o", tmp_path / "o"]
+    code, _, err = cli("upscale", "--model", tiny_x2, *inputs, *out)
     assert code == 0 and "another run" not in err and "1 done, 0 skipped" in err, err
+    assert "given more than once: processed once" in err
+    written = [p for p in tmp_path.rglob("*.png") if p != a]
+    assert len(written) == 1, written
 
 
 # a run killed while it writes: the PNG writer stops for good after its
