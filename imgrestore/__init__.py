@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from .errors import (ImgRestoreError, InputError, ModelNotFound, OutputError, OutputExists, UnknownTask,
+from .errors import (ExportError, ImgRestoreError, InputError, ModelNotFound, OutputError, OutputExists, UnknownTask,
                      WeightsError, WrongTask)
 
 __version__ = "0.1.0"
@@ -22,6 +22,7 @@ __all__ = [
     "ModelNotFound",
     "UnknownTask",
     "WrongTask",
+    "ExportError",
     "__version__",
 ]
 

@@ -348,6 +348,89 @@ def prune(model, ratio, data, steps, criterion, compensate, round_to, threads, a
     click.echo(f"wrote {out}", err=True)
 
 
+@cli.command("export")
+@click.argument("model")
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True,
+              help="Output format: an ONNX graph of the folded network (dynamic batch, height and width), "
+                   "described by its metadata like a weights file.")
+@click.option("--int8", is_flag=True, help="Static int8 quantization, calibrated on the --calib photos.")
+@click.option("--calib", multiple=True, type=click.Path(exists=True),
+              help="Photos (folders or files) to calibrate int8 on, and to check the export against PyTorch on "
+                   "[default check: generated images].")
+@click.option("--val", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Also measure PyTorch and the exported network on these folders with the task's own "
+                   "evaluation (upscalers: PSNR on Y, as bench upscale).")
+@click.option("--speed", is_flag=True, help="Also time the network: PyTorch eager and the exported graphs on the "
+                                            "same input, best of 5, in the same run.")
+@click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
+def export_cmd(model, fmt, int8, calib, val, speed, threads, overwrite, as_json, output):
+    """Export MODEL (a shipped name or a weights file) for other runtimes
+    (needs the [onnx] extra), checked against PyTorch as it is written: the
+    largest absolute error and the PSNR between the two are printed and
+    stored in the file."""
+    from . import registry, weights
+    from .errors import ImgRestoreError
+    from .export import export_model, require_onnx
+
+    if int8 and not calib:
+        _fail_usage("--int8 needs calibration photos: --calib DIR")
+    out = Path(output)
+    if out.exists() and not overwrite:
+        _fail_usage(f"{out} exists (--overwrite to replace it)")
+    _setup_torch(threads)
+
+    def log(msg: str) -> None:
+        if not as_json:
+            click.echo(msg, err=True)
+
+    try:
+        require_onnx()
+        wf = weights.read(registry.resolve(model))
+        report = export_model(wf, out, int8=int8, calib=list(calib), threads=threads, overwrite=overwrite,
+                              val=list(val), speed=speed, log=log)
+    except ImgRestoreError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        _print_export(report)
+
+
+def _print_export(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    check = report["check"]
+    runtimes = [r for r in ("onnx float", "onnx int8") if r.split()[1] in check]
+    t = Table(title=f"export {report['model']} -> {report['output']}: against PyTorch on {check['images']}")
+    cols = ["runtime", "max abs error", "PSNR vs torch (dB)"]
+    quality = report.get("quality", {})
+    for folder in quality:
+        cols += [f"PSNR {Path(folder).name}", "drop vs torch"]
+    speed = report.get("speed")
+    if speed:
+        cols += [f"s per {'x'.join(map(str, speed['input'][2:]))} in", "speed-up"]
+    for c in cols:
+        t.add_column(c)
+    for name in ["torch eager"] + runtimes:
+        c = check.get(name.split()[1], {})
+        row = [name, f"{c['max_abs_error']:.3g}" if c else "-", f"{c['psnr']:.2f}" if c else "-"]
+        for rows in quality.values():
+            q = rows["torch" if name == "torch eager" else name]
+            row += [f"{q['psnr']:.4f}", "-" if name == "torch eager" else f"{q['psnr'] - rows['torch']['psnr']:+.4f}"]
+        if speed:
+            sec = speed["seconds"][name]
+            row += [f"{sec:.4f}", f"{speed['seconds']['torch eager'] / sec:.2f}x"]
+        t.add_row(*row)
+    Console().print(t)
+    if speed:
+        Console().print(f"threads {speed['threads']}, best of {speed['repeat']}")
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 def models(as_json):

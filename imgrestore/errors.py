@@ -41,6 +41,13 @@ class WrongTask(WeightsError):
     was asked for (an upscaler to colorize, say)."""
 
 
+class ExportError(ImgRestoreError):
+    """Raised when a model cannot be exported: its task has no exported
+    network, the optional `[onnx]` extra is not installed, int8 was asked
+    for without calibration images, or the exported graph does not
+    reproduce the PyTorch network."""
+
+
 class NameCollision(ImgRestoreError):
     """Raised before any work when two inputs of one batch would be written
     to the same output name (a.png and a.bmp -> a_x2.png), or when an output

@@ -43,6 +43,24 @@ class Task:
     cost: Callable[[Any, int], float] | None = None
     cost_key: str = ""
     cost_unit: str = ""
+    # the network as `export` writes it (an ONNX graph); None: not exported
+    net: "NetIO | None" = None
+
+
+@dataclass(frozen=True)
+class NetIO:
+    """A task's network seen from outside, as `imgrestore export` writes it:
+    the names and meaning of its input and output tensors, how a photo
+    becomes an input (for the export's check and int8 calibration), and the
+    range of its output (the peak of the PSNR between two runtimes)."""
+
+    input: str  # the graph's input name
+    output: str  # the graph's output name
+    doc: str  # what the two hold: shapes, value ranges (written in the .onnx)
+    sample: Callable[[Any], Any]  # (H, W, 3) uint8 photo -> the network's input, (1, C, h, w)
+    # () -> the lowest and highest output value (a function: the bound may
+    # live with the model, which imports torch)
+    out_range: Callable[[], tuple[float, float]]
 
 
 @dataclass

@@ -28,7 +28,7 @@ import numpy as np
 from ..defaults import DEFAULT_RENDER
 from ..io import Picture
 from ..restorer import Restorer, describe_output
-from .base import Calibration, Task, checkpoint_sampler, distill
+from .base import Calibration, NetIO, Task, checkpoint_sampler, distill
 
 RENDER_SIZE_OPTION = click.option(
     "--render-size", type=click.IntRange(32, 2048), default=DEFAULT_RENDER, show_default=True,
@@ -396,6 +396,30 @@ def gmacs_per_image(model, scale: int) -> float:
     return count_macs(model.eval(), timing_input()) / 1e9
 
 
+# ---------------------------------------------------------------------------- export
+
+def _ab_range() -> tuple[float, float]:
+    from ..models.colorize import AB_RANGE
+
+    return -AB_RANGE, AB_RANGE
+
+
+def export_sample(rgb: np.ndarray):
+    """A photo as the colorizer's network sees it: its L at the default
+    working size, (1, 1, h, w)."""
+    return working_l(pixels_to_l(rgb), DEFAULT_RENDER)
+
+
+# the network alone: the caller joins the upsampled a*b* to the photo's own
+# L (colorize_pixels); a reference photo's global features are not an input
+NET = NetIO(
+    input="l", output="ab",
+    doc="l: (N, 1, H, W) Lab L in [0, 100] at the working size (H and W multiples of 8; long side "
+        f"{DEFAULT_RENDER} by default) -> ab: (N, 2, H/2, W/2) a*b* (within out_range)",
+    sample=export_sample, out_range=_ab_range,
+)
+
+
 # ---------------------------------------------------------------------------- the command
 
 def settings(values: dict, max_pixels: int) -> dict:
@@ -432,4 +456,5 @@ TASK = Task(
     cost=gmacs_per_image,
     cost_key=f"gmacs_per_image_at_{TIMING_SIDE}",
     cost_unit=f"per image (render {TIMING_SIDE})",
+    net=NET,
 )

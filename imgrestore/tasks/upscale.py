@@ -18,7 +18,7 @@ import click
 import numpy as np
 
 from ..restorer import Restorer
-from .base import Calibration, Task, checkpoint_sampler, distill
+from .base import Calibration, NetIO, Task, checkpoint_sampler, distill
 
 # the scale group: which upscaler (`upscale` and `bench upscale`)
 SCALE_OPTIONS = (
@@ -240,6 +240,28 @@ def gmacs_per_output_mp(model, scale: int) -> float:
     return count_macs(model.eval(), x) / (x.shape[2] * x.shape[3] * scale**2) * 1e6 / 1e9
 
 
+# ---------------------------------------------------------------------------- export
+
+EXPORT_CROP = 256  # side of the centre crop of a photo the export checks and calibrates on
+
+
+def export_sample(rgb: np.ndarray):
+    """A photo as the upscaler sees it at run time (the tile itself, no
+    downscale): its centre crop of at most EXPORT_CROP a side, (1, 3, h, w)."""
+    from ..tensors import to_tensor
+
+    h, w = rgb.shape[:2]
+    y, x = max(0, (h - EXPORT_CROP) // 2), max(0, (w - EXPORT_CROP) // 2)
+    return to_tensor(rgb[y:y + EXPORT_CROP, x:x + EXPORT_CROP])
+
+
+NET = NetIO(
+    input="x", output="y",
+    doc="x: (N, 3, H, W) RGB in [0, 1], any H and W -> y: (N, 3, H*scale, W*scale) RGB in [0, 1]",
+    sample=export_sample, out_range=lambda: (0.0, 1.0),
+)
+
+
 # ---------------------------------------------------------------------------- the command
 
 def _check(restorer: Restorer, values: dict) -> str | None:
@@ -266,4 +288,5 @@ TASK = Task(
     cost=gmacs_per_output_mp,
     cost_key="gmacs_per_output_mp",
     cost_unit="per output MP",
+    net=NET,
 )
