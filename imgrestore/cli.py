@@ -157,7 +157,8 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, suffix, til
     if not jobs and not shard:
         _fail_usage("no input images found")
     any_dir = any(Path(a).is_dir() for a in inputs if a != "-")
-    many = len(jobs) > 1 or any_dir or shard is not None
+    # several arguments mean a folder, even when they name one file twice
+    many = len(jobs) > 1 or len(inputs) > 1 or any_dir or shard is not None
     out_is_dir = False
     if output == "-":
         if many:
