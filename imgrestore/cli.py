@@ -246,13 +246,14 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, suffix, til
     if not jobs and not shard:
         _fail_usage("no input images found")
     any_dir = any(Path(a).is_dir() for a in inputs if a != "-")
-    many = len(jobs) > 1 or any_dir or shard is not None
+    # several arguments mean a folder, even when they name one file twice
+    many = len(jobs) > 1 or len(inputs) > 1 or any_dir or shard is not None
     if output == "-":
         if many:
             _fail_usage("-o - (stdout) takes exactly one input")
     elif output is not None and many and not out_is_dir:
         what = "a folder" if any_dir else ("--shard" if shard is not None and len(jobs) <= 1
-                                           else f"{len(jobs)} inputs")
+                                           else f"{max(len(jobs), len(inputs))} inputs")
         _fail_usage(f"{what} cannot be written to one file, {output}; give a folder "
                     "(-o NAME without an image extension)")
     image_to_stdout = output == "-" or (output is None and any(j.source == "-" for j in jobs))

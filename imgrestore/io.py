@@ -14,14 +14,18 @@ import functools
 import glob as globmod
 import io as _io
 import os
+import re
+import stat
 import struct
 import sys
 import tempfile
+import threading
+import time
 import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
@@ -515,6 +519,22 @@ def encode(pic: Picture, fmt: str, quality: int = 95, fileobj: BinaryIO | None =
     return None
 
 
+# the output formats written band by band (`open_stream`); WebP is not:
+# libwebp encodes a whole picture at once (it holds at most 16,383 px a side)
+STREAM_FORMATS = ("png", "tiff", "jpg")
+
+
+def open_stream(fmt: str, f: BinaryIO, width: int, height: int, channels: int, bits: int,
+                icc: bytes | None = None, exif: bytes | None = None, quality: int = 95):
+    """A band-by-band writer (`write(band)`, then `close()`) of an image in
+    `fmt` (one of STREAM_FORMATS) into `f`, as `encode` would write it whole.
+    `channels` counts alpha; TIFF needs `f` seekable."""
+    if fmt == "jpg":
+        return JpegStream(f, width, height, channels, bits, icc, exif, quality)
+    level = png_level(width * height * (channels - (channels in (2, 4))))  # as `encode`: alpha not counted
+    return {"png": PngStream, "tiff": TiffStream}[fmt](f, width, height, channels, bits, icc, exif, level)
+
+
 def png_level(values: int) -> int:
     """zlib level: 6 (Pillow's default) for ordinary images, 1 for huge ones,
     where level 6 costs minutes for little gain."""
@@ -551,18 +571,84 @@ def png_add_chunks(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
     return png[:ihdr_end] + extra + png[ihdr_end:]
 
 
+# our temporary files: .NAME.imgrestore-PID-XXXXXXXX.tmp next to the output
+# (hidden; the writer's process id, then mkstemp's eight random characters)
+_TMP_TAG = "imgrestore"
+_TMP_NAME = re.compile(rf"\..*\.{_TMP_TAG}-([0-9]+)-[a-z0-9_]{{8}}\.tmp", re.DOTALL)
+# a temporary file untouched this long, whose writer is gone, was left by a
+# killed run (kill -9, a power cut): writers touch theirs at every band. The
+# age also spares a live writer on another machine sharing the folder.
+STALE_AFTER = 30 * 60
+_swept: set[str] = set()
+_swept_lock = threading.Lock()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # not ours to signal (another user's): alive
+        return True
+    return True
+
+
+def sweep_stale(folder: str | Path, older_than: float = STALE_AFTER) -> int:
+    """Remove, from `folder`, temporary files of our own naming that a killed
+    run left: named `.NAME.imgrestore-PID-XXXXXXXX.tmp`, regular files of
+    this user, unchanged for `older_than` seconds, and whose PID is no live
+    process. Nothing else is touched; errors are ignored (someone else may
+    be sweeping too). Returns how many were removed. POSIX only (elsewhere
+    no process can be asked whether it lives without harming it)."""
+    if os.name != "posix":
+        return 0
+    removed = 0
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for e in entries:
+        m = _TMP_NAME.fullmatch(e.name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            st = e.stat(follow_symlinks=False)
+            if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or now - st.st_mtime < older_than
+                    or _pid_alive(int(m.group(1)))):
+                continue
+            os.unlink(e.path)
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _sweep_once(folder: Path) -> None:
+    """`sweep_stale` each output folder once per process."""
+    key = os.path.abspath(folder)
+    with _swept_lock:
+        if key in _swept:
+            return
+        _swept.add(key)
+    sweep_stale(folder)
+
+
 def write_atomic(data: bytes | Callable[[BinaryIO], None], path: Path, overwrite: bool) -> None:
     """Write `data` (bytes, or a function that writes into a binary file) to
     `path` through a temporary file in the same folder. Without `overwrite`
     an existing file is never replaced (the final link fails if the name is
     taken, even by a concurrent run). Raises `OutputError`; never leaves the
-    temporary file behind, whatever is raised (Ctrl-C included)."""
+    temporary file behind, whatever is raised (Ctrl-C included). What only
+    a killed process leaves (`.NAME.imgrestore-PID-XXXXXXXX.tmp`) is swept
+    from the folder by the next run that writes there (`sweep_stale`)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # the temporary name must fit where the final one fits (255 bytes)
         stem = os.fsencode(path.name)[:200].decode(errors="ignore") if os.name != "nt" else path.name[:200]
-        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=path.parent)
+        _sweep_once(path.parent)  # what a killed run left here
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.{_TMP_TAG}-{os.getpid()}-", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise OutputError(f"cannot write in {path.parent} ({e.strerror or e})") from None
     try:
@@ -619,8 +705,9 @@ class PngStream:
         """band: (rows, width, channels) uint8 or uint16."""
         b = band.astype(">u2") if self.bits == 16 else band
         raw = np.ascontiguousarray(b).view(np.uint8).reshape(band.shape[0], self.rowbytes)
-        for i in range(0, raw.shape[0], 64):
-            chunk = raw[i:i + 64]
+        step = max(1, min(64, (1 << 20) // self.rowbytes))  # rows filtered at once: ~1 MB, ~40 MB of temporaries
+        for i in range(0, raw.shape[0], step):
+            chunk = raw[i:i + step]
             data = self._filter(chunk)
             self.prev = chunk[-1].copy()
             out = self.z.compress(data.tobytes())
@@ -652,6 +739,118 @@ class PngStream:
             raise OutputError(f"PNG stream got {self.rows} of {self.height} rows")
         self.f.write(_chunk(b"IDAT", self.z.flush()))
         self.f.write(_chunk(b"IEND", b""))
+
+
+class JpegStream:
+    """A baseline JPEG written band by band, so a huge output is never held
+    whole (neither by us nor by the encoder).
+
+    JPEG codes the image in independent rows of MCUs (8 or 16 pixel rows)
+    once a restart marker ends each row: the DC predictions start over
+    after every marker. So each group of 8 MCU rows is encoded on its own
+    by Pillow (libjpeg) with a marker after every MCU row and the same
+    tables (same quality, standard Huffman tables), and the groups' scans
+    are joined: the first group's header (with EXIF and ICC, and the total
+    height in the frame header), every group's entropy-coded rows, a
+    restart marker between groups. Groups of a multiple of 8 MCU rows end
+    on marker RST7, so the markers inside each group keep their numbers.
+    The file equals, byte for byte, the one Pillow writes for the whole
+    image with `restart_marker_rows=1`. Bands may be 16-bit (written as 8)
+    and carry alpha (dropped: JPEG has none)."""
+
+    def __init__(self, f: BinaryIO, width: int, height: int, channels: int, bits: int,
+                 icc: bytes | None = None, exif: bytes | None = None, quality: int = 95):
+        if max(width, height) > MAX_SIDE["jpg"]:
+            raise OutputError(f"JPEG holds at most {MAX_SIDE['jpg']:,} pixels a side")
+        self.f, self.width, self.height, self.channels, self.bits = f, width, height, channels, bits
+        self.icc, self.exif, self.quality = icc, exif, quality
+        self.subsampling = 0 if quality >= 90 else 2  # as `encode` writes a JPEG
+        self.color = channels >= 3
+        mcu = 16 if self.color and self.subsampling == 2 else 8
+        group = 8 * mcu  # rows a group must be a multiple of (but the last)
+        self.group_rows = group * max(1, (1 << 20) // (group * width * (3 if self.color else 1)))  # ~1 MB
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = self.rows = 0
+
+    def write(self, band: np.ndarray) -> None:
+        """band: (rows, width, channels) uint8 or uint16."""
+        band = band[..., :3] if self.color else band[..., :1]  # no alpha in JPEG
+        if band.dtype == np.uint16:
+            band = _to8(band)
+        self.pending.append(band)
+        self.pending_rows += band.shape[0]
+        while self.pending_rows >= self.group_rows:
+            self._group(self.group_rows)
+
+    def _group(self, rows: int) -> None:
+        from PIL import Image
+
+        block = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        part, rest = block[:rows], block[rows:]
+        self.pending = [rest] if rest.shape[0] else []
+        self.pending_rows -= rows
+        first = self.rows == 0
+        kw: dict = {}
+        if first and self.icc:
+            kw["icc_profile"] = self.icc
+        if first and self.exif:
+            kw["exif"] = self.exif
+        im = Image.fromarray(np.ascontiguousarray(part if self.color else part[..., 0]),
+                             "RGB" if self.color else "L")
+        buf = _io.BytesIO()
+        im.save(buf, "JPEG", quality=self.quality, subsampling=self.subsampling, optimize=False,
+                restart_marker_rows=1, **kw)
+        data = buf.getbuffer()
+        head, scan = _jpeg_split(data)
+        if first:
+            if not any(m == 0xDD for m, _, _ in _jpeg_segments(head)):  # Pillow < 10.2 ignores the option
+                raise OutputError("this Pillow writes no JPEG restart markers, which large JPEG outputs "
+                                  "need (upgrade to Pillow 10.2 or newer, or choose --format png)")
+            head = bytearray(head)
+            sof = _jpeg_marker(head, 0xC0)
+            struct.pack_into(">H", head, sof + 5, self.height)  # the whole image's height
+            self.f.write(head)
+        else:
+            self.f.write(b"\xff\xd7")  # RST7: every group ends on the 8th marker
+        self.f.write(scan)
+        self.rows += rows
+
+    def close(self) -> None:
+        if self.pending_rows:
+            self._group(self.pending_rows)
+        if self.rows != self.height:
+            raise OutputError(f"JPEG stream got {self.rows} of {self.height} rows")
+        self.f.write(b"\xff\xd9")  # EOI
+
+
+def _jpeg_segments(data) -> Iterator[tuple[int, int, int]]:
+    """(marker, position, length) of a JPEG's header segments, up to and
+    including the start of scan."""
+    pos = 2  # after SOI
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise OutputError("JPEG encoder wrote an unexpected header")
+        marker, length = data[pos + 1], struct.unpack_from(">H", data, pos + 2)[0]
+        yield marker, pos, length
+        if marker == 0xDA:
+            return
+        pos += 2 + length
+
+
+def _jpeg_marker(data, marker: int) -> int:
+    for m, pos, _ in _jpeg_segments(data):
+        if m == marker:
+            return pos
+    raise OutputError(f"JPEG encoder wrote no marker {marker:02X}")
+
+
+def _jpeg_split(data) -> tuple[bytes, memoryview]:
+    """A one-scan JPEG -> (header up to the scan, entropy-coded data without EOI)."""
+    pos = _jpeg_marker(data, 0xDA)
+    start = pos + 2 + struct.unpack_from(">H", data, pos + 2)[0]
+    if bytes(data[-2:]) != b"\xff\xd9":
+        raise OutputError("JPEG encoder wrote no end of image")
+    return bytes(data[:start]), memoryview(data)[start:-2]
 
 
 class TiffStream:

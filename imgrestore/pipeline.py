@@ -29,7 +29,6 @@ from .errors import ImgRestoreError, NameCollision, OutputError, OutputExists
 # outputs at least this large are streamed band by band, in the formats
 # whose writer takes bands
 STREAM_MIN_PIXELS = 16_000_000
-STREAMED = {"png": io.PngStream, "tiff": io.TiffStream}
 
 
 # the input extensions whose spelling an output in the same format keeps
@@ -235,7 +234,7 @@ def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
                     fmt = pic.format if pic.format in io.FORMATS else "png"  # stdin's format, sniffed
                 res.resize = restorer.plan(w, h)
                 ow, oh = restorer.output_size(w, h)
-                if fmt in STREAMED and out != "-" and ow * oh >= STREAM_MIN_PIXELS:
+                if fmt in io.STREAM_FORMATS and out != "-" and ow * oh >= STREAM_MIN_PIXELS:
                     yield from drain(True)
                     res.size_out = _stream(restorer, pic, Path(out), fmt, o)
                     res.seconds = time.perf_counter() - t0
@@ -306,8 +305,8 @@ def write_stdout(data: bytes) -> None:
 
 
 def _stream(restorer, pic: io.Picture, out: Path, fmt: str, o: Options) -> tuple[int, int]:
-    """Run the network band by band straight into a PNG or TIFF: the output
-    is never held whole (a 24000x18000 result is 1.3 GB as 8-bit RGB)."""
+    """Run the network band by band straight into a PNG, TIFF or JPEG: the
+    output is never held whole (a 24000x18000 result is 1.3 GB as 8-bit RGB)."""
     desc, bands = restorer.picture_bands(pic, o.tile, o.overlap, o.on_tile)
     h, w, c = desc.pixels.shape
     bits = 16 if desc.pixels.dtype.itemsize == 2 else 8
@@ -316,7 +315,7 @@ def _stream(restorer, pic: io.Picture, out: Path, fmt: str, o: Options) -> tuple
     channels = c + (1 if desc.has_alpha else 0)
 
     def writer(f):
-        stream = STREAMED[fmt](f, w, h, channels, bits, desc.icc, desc.exif, io.png_level(h * w * c))
+        stream = io.open_stream(fmt, f, w, h, channels, bits, desc.icc, desc.exif, o.quality)
         for _, band, alpha in bands:
             band = np.repeat(band, 3, axis=2) if widen else band
             stream.write(np.dstack([band, alpha]) if alpha is not None else band)

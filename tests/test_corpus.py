@@ -389,6 +389,118 @@ def test_13_output_over_the_output_limit_is_refused_before_any_work(cli, tiny_x2
     assert code == 1 and "--max-output-pixels" in err
 
 
+def _smooth(h: int, w: int, seed: int = 0) -> Image.Image:
+    """A photo-like RGB image (gradients and a little noise): it compresses
+    as photos do, so the input's own bytes stay small next to the output."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = np.stack([x / w * 200, y / h * 200, (x + y) / (w + h) * 255], axis=2)
+    a += rng.normal(0, 3, (h, w, 3)).astype(np.float32)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("channels,quality,band", [(3, 95, 37), (3, 80, 100), (1, 95, 64), (4, 50, 1),
+                                                   (2, 95, 200)])
+def test_13_jpeg_is_written_band_by_band(channels, quality, band):
+    """The JPEG writer takes bands (the output is never held whole) and
+    writes, byte for byte, what Pillow writes for the whole image with a
+    restart marker after every row of blocks. 16-bit bands are written as
+    8 bits and alpha is dropped, as `io.encode` does."""
+    rng = np.random.default_rng(channels)
+    h, w = 300, 203
+    a = (rng.integers(0, 30, (h, w, channels)) * 257 + np.linspace(0, 50000, w)[None, :, None]).astype(np.uint16)
+    color = channels >= 3
+    a8 = imgio._to8(a)[..., :3 if color else 1]
+    exif = Image.Exif()
+    exif[0x010F] = "Camera maker"
+    icc = b"\0" * 700
+    ref = _io.BytesIO()
+    Image.fromarray(a8 if color else a8[..., 0]).save(
+        ref, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, optimize=False,
+        restart_marker_rows=1, exif=exif.tobytes(), icc_profile=icc)
+    out = _io.BytesIO()
+    stream = imgio.open_stream("jpg", out, w, h, channels, 16, icc, exif.tobytes(), quality)
+    stream.group_rows = 8 * (16 if color and quality < 90 else 8)  # many groups in a small image
+    for y in range(0, h, band):
+        stream.write(a[y:y + band])
+    stream.close()
+    assert out.getvalue() == ref.getvalue()
+    with Image.open(out) as im:
+        assert im.size == (w, h) and im.getexif().get(0x010F) == "Camera maker"
+        assert im.info.get("icc_profile") == icc
+
+
+def test_13_streamed_jpeg_equals_the_whole_one(cli, tiny_x2, tmp_path, monkeypatch):
+    from imgrestore import pipeline
+
+    d = tmp_path / "in"
+    d.mkdir()
+    _smooth(90, 70).save(d / "rgb.jpg", quality=90)
+    noise_image(90, 70, "RGBA").save(d / "alpha.png")
+    noise_image(90, 70, "L").save(d / "gray.png")
+    args = ("upscale", "--model", tiny_x2, d, "--format", "jpg", "--tile", 16)
+    assert cli(*args, "-o", tmp_path / "mem")[0] == 0
+    monkeypatch.setattr(pipeline, "STREAM_MIN_PIXELS", 1)
+    assert cli(*args, "-o", tmp_path / "stream")[0] == 0
+    for name in ("rgb.jpg", "alpha.jpg", "gray.jpg"):
+        a, b = _opened(tmp_path / "mem" / name), _opened(tmp_path / "stream" / name)
+        assert a.mode == b.mode and np.array_equal(np.asarray(a), np.asarray(b)), name
+
+
+# the CLI run twice in one child process, on two folders; the peak resident
+# memory after each run (the high-water mark so far, in KB) goes to stderr.
+# The band writers are on from the first pixel (by default they take
+# outputs of 16 MP and more).
+_PEAK_RSS = """
+import resource, sys
+from imgrestore import pipeline
+from imgrestore.cli import cli
+pipeline.STREAM_MIN_PIXELS = 1
+for folder in sys.argv[2:]:
+    args = ["upscale", "--model", sys.argv[1], folder, "-o", folder + "-out", "--tile", "128", "-q"]
+    try:
+        code = cli.main(args, standalone_mode=False)
+    except SystemExit as e:
+        code = e.code
+    sys.stderr.write(f"\\npeak-kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n")
+    assert not code, code
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in KB and glibc's malloc settings: Linux")
+def test_13_peak_memory_does_not_grow_with_the_output(tmp_path):
+    """Memory is bounded by the tile, not the image, for PNG, TIFF and JPEG
+    outputs. One process upscales (x4) a folder of small photos, then one of
+    photos as wide and 4x as tall (the bands are the same size; there are
+    more of them): the second run must raise the peak by far less than
+    holding its outputs would. Measured, per extra output pixel: 6.0 bytes
+    with the JPEG held whole (its array, Pillow's copy, the encoder's
+    buffers), 1.0 with every format in bands (mostly the larger inputs,
+    decoded while the one before computes). Large buffers are mapped and
+    returned at once (glibc's dynamic threshold off), so the peak counts live
+    memory, not what the allocator kept."""
+    model = tiny_sr_file(tmp_path / "x4.safetensors", 4)
+    folders = []
+    for rows in (300, 1200):
+        d = tmp_path / f"in{rows}"
+        d.mkdir()
+        photo = _smooth(rows, 300, seed=rows)
+        photo.save(d / "a.png")
+        photo.save(d / "b.tif")
+        photo.save(d / "c.jpg", quality=90)
+        folders.append(str(d))
+    env = {**_env(), "MALLOC_MMAP_THRESHOLD_": "262144", "MALLOC_TRIM_THRESHOLD_": "262144"}
+    proc = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(model), *folders], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    small, large = (int(line.split("=")[1]) * 1024 for line in proc.stderr.split() if line.startswith("peak-kb="))
+    for name in ("a.png", "b.tif", "c.jpg"):
+        assert _opened(Path(folders[1] + "-out") / name).size == (1200, 4800)
+    extra_pixels = 1200 * (4800 - 1200)  # 4.3 MP more output, in each of three formats
+    assert large - small < 2.5 * extra_pixels, \
+        f"the peak grew {(large - small) / 1e6:.1f} MB for {extra_pixels / 1e6:.1f} MP more output"
+
+
 @pytest.mark.parametrize("fmt,side", [("jpg", 32_800), ("webp", 8_200)])
 def test_14_format_size_limits_are_checked_before_the_work(cli, tiny_x2, tmp_path, fmt, side):
     src = tmp_path / "wide.png"
@@ -419,10 +531,90 @@ def test_14_exif_over_64_kb_is_dropped_with_a_note(cli, tiny_x2, tmp_path):
     _opened(tmp_path / "out.jpg")
 
 
-def test_14_the_same_input_twice_is_done_once(cli, tiny_x2, tmp_path):
-    noise_image(8, 8).save(tmp_path / "a.png")
-    code, _, err = cli("upscale", "--model", tiny_x2, tmp_path / "a.png", tmp_path / "a.png", "-o", tmp_path / "o")
+@pytest.mark.parametrize("spelling", ["same", "dot", "folder", "next-to-input"])
+def test_14_the_same_input_twice_is_done_once(cli, tiny_x2, tmp_path, spelling):
+    """One file named twice, however spelled, is one job: before, the second
+    copy raced the first one's output and was reported "skipped: output
+    exists (written by another run)" (and with the names mirrored below
+    their common parent, both copies would now be refused as a collision)."""
+    d = tmp_path / "in"
+    d.mkdir()
+    noise_image(8, 8).save(d / "a.png")
+    a = d / "a.png"
+    inputs = {"same": [a, a], "dot": [a, f"{d}/./a.png"], "folder": [d, a], "next-to-input": [a, a]}[spelling]
+    out = [] if spelling == "next-to-input" else ["-o", tmp_path / "o"]
+    code, _, err = cli("upscale", "--model", tiny_x2, *inputs, *out)
     assert code == 0 and "another run" not in err and "1 done, 0 skipped" in err, err
+    assert "given more than once: processed once" in err
+    written = [p for p in tmp_path.rglob("*.png") if p != a]
+    assert len(written) == 1, written
+
+
+# a run killed while it writes: the PNG writer stops for good after its
+# first band, so the temporary file is there, half-written, when kill -9 comes
+_STUCK_WRITER = """
+import time
+from imgrestore import io, pipeline
+from imgrestore.cli import main
+pipeline.STREAM_MIN_PIXELS = 1
+write = io.PngStream.write
+def stuck(self, band):
+    write(self, band)
+    self.f.flush()
+    time.sleep(600)
+io.PngStream.write = stuck
+main()
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="kill -9")
+def test_14_what_kill_9_leaves_is_swept_by_the_next_run(tiny_x2, tmp_path):
+    """`kill -9` leaves a hidden temporary file next to the output; the next
+    run that writes in that folder removes it once it is stale (untouched
+    for 30 minutes, its process gone). Nothing that is not unmistakably
+    ours is touched: the old naming (mkstemp's alone), a live writer's file,
+    a fresh one, another user's name without the leading dot."""
+    import signal
+    import time
+
+    noise_image(40, 40, seed=1).save(tmp_path / "a.png")
+    noise_image(40, 40, seed=2).save(tmp_path / "b.png")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", _STUCK_WRITER, "upscale", "--model", str(tiny_x2),
+                             str(tmp_path / "a.png"), "-o", str(out / "a.png"), "--tile", "8"],
+                            env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.stat().st_size for p in out.glob(".*.tmp")):  # a band is in it
+            assert time.monotonic() < deadline and proc.poll() is None, "the writer never started"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    (left,) = out.glob(".*.tmp")
+    assert not (out / "a.png").exists()
+    dead = str(proc.pid)
+    old = time.time() - 2 * 3600
+    keep = [out / ".a.png.k3j4l5m6.tmp",  # mkstemp's naming alone: not unmistakably ours
+            out / f".a.png.imgrestore-{os.getpid()}-abcdefgh.tmp",  # its writer lives
+            out / f"notes.imgrestore-{dead}-abcdefgh.tmp"]  # not hidden: not our naming
+    for p in keep:
+        p.write_bytes(b"x")
+        os.utime(p, (old, old))
+    fresh = out / f".b.png.imgrestore-{dead}-abcdefgh.tmp"  # too recent to judge
+    fresh.write_bytes(b"x")
+    keep.append(fresh)
+    # a run that writes elsewhere leaves the folder alone; one that writes
+    # there sweeps it
+    cmd = [sys.executable, "-m", "imgrestore", "upscale", "--model", str(tiny_x2), "-q"]
+    os.utime(left, (old, old))
+    subprocess.run([*cmd, str(tmp_path / "b.png"), "-o", str(tmp_path / "elsewhere.png")], env=_env(), check=True,
+                   timeout=120)
+    assert left.exists()
+    subprocess.run([*cmd, str(tmp_path / "b.png"), "-o", str(out / "b.png")], env=_env(), check=True, timeout=120)
+    assert not left.exists(), "the killed run's temporary file is still there"
+    assert all(p.exists() for p in keep), [p.name for p in keep if not p.exists()]
+    assert (out / "b.png").exists()
 
 
 def test_14_corrupt_exif_is_quiet_under_q(tmp_path):
