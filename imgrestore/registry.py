@@ -47,7 +47,7 @@ SHIPPED: dict[str, ShippedModel] = {
         ShippedModel("upscale-x3", "upscale-x3.safetensors", "upscale", 3, "fast x3 (ECBSR)"),
         ShippedModel("upscale-x4", "upscale-x4.safetensors", "upscale", 4, "fast x4 (ECBSR)"),
         ShippedModel("colorize", "colorize.safetensors", "colorize", 1,
-                     "global+local fusion colorizer with multi-scale attention"),
+                     "U-Net decoder on a frozen EfficientNet-Lite0 (its own file), fused global vector"),
     ]
 }
 
