@@ -463,17 +463,20 @@ def output_format(requested: str, source_fmt: str, out_path: Path | None) -> str
     return source_fmt if source_fmt in FORMATS else "png"
 
 
-def encode(pic: Picture, fmt: str, quality: int = 95, fileobj: BinaryIO | None = None) -> bytes | None:
+def encode(pic: Picture, fmt: str, quality: int = 95, fileobj: BinaryIO | None = None,
+           png_level: int | None = None) -> bytes | None:
     """Encode a Picture into `fileobj`, or return the bytes if none is given.
     16-bit survives in png and tiff; jpg and webp are 8-bit (and jpg has no
-    alpha: it is dropped with the pixels kept)."""
+    alpha: it is dropped with the pixels kept). `png_level`: the PNG zlib
+    level 0-9 (None: `png_level_for` the image's size)."""
     if fileobj is None:
         buf = _io.BytesIO()
-        encode(pic, fmt, quality, buf)
+        encode(pic, fmt, quality, buf, png_level)
         return buf.getvalue()
     from PIL import Image
 
     px, alpha = pic.pixels, pic.alpha
+    level = png_level_for(px.size) if png_level is None else png_level
     deep = px.dtype == np.uint16 and fmt in ("png", "tiff")
     if px.dtype == np.uint16 and not deep:
         px = _to8(px)
@@ -491,7 +494,7 @@ def encode(pic: Picture, fmt: str, quality: int = 95, fileobj: BinaryIO | None =
     if deep and fmt == "png" and (not pic.gray or alpha is not None):
         # Pillow has no 16-bit colour or gray+alpha: our own PNG writer
         h, w, c = px.shape
-        png = PngStream(fileobj, w, h, c + (alpha is not None), 16, pic.icc, pic.exif, png_level(px.size))
+        png = PngStream(fileobj, w, h, c + (alpha is not None), 16, pic.icc, pic.exif, level)
         png.write(np.dstack([px, alpha]) if alpha is not None else px)
         png.close()
         return None
@@ -514,7 +517,7 @@ def encode(pic: Picture, fmt: str, quality: int = 95, fileobj: BinaryIO | None =
     elif fmt == "webp":
         kw.update(quality=quality, method=4)
     elif fmt == "png":
-        kw.update(compress_level=png_level(px.size))
+        kw.update(compress_level=level)
     im.save(fileobj, format={"jpg": "JPEG", "png": "PNG", "webp": "WEBP", "tiff": "TIFF"}[fmt], **kw)
     return None
 
@@ -525,17 +528,21 @@ STREAM_FORMATS = ("png", "tiff", "jpg")
 
 
 def open_stream(fmt: str, f: BinaryIO, width: int, height: int, channels: int, bits: int,
-                icc: bytes | None = None, exif: bytes | None = None, quality: int = 95):
+                icc: bytes | None = None, exif: bytes | None = None, quality: int = 95,
+                png_level: int | None = None):
     """A band-by-band writer (`write(band)`, then `close()`) of an image in
     `fmt` (one of STREAM_FORMATS) into `f`, as `encode` would write it whole.
-    `channels` counts alpha; TIFF needs `f` seekable."""
+    `channels` counts alpha; TIFF needs `f` seekable. `png_level` as in
+    `encode` (PNG only: TIFF keeps its automatic level)."""
     if fmt == "jpg":
         return JpegStream(f, width, height, channels, bits, icc, exif, quality)
-    level = png_level(width * height * (channels - (channels in (2, 4))))  # as `encode`: alpha not counted
+    level = png_level_for(width * height * (channels - (channels in (2, 4))))  # as `encode`: alpha not counted
+    if fmt == "png" and png_level is not None:
+        level = png_level
     return {"png": PngStream, "tiff": TiffStream}[fmt](f, width, height, channels, bits, icc, exif, level)
 
 
-def png_level(values: int) -> int:
+def png_level_for(values: int) -> int:
     """zlib level: 6 (Pillow's default) for ordinary images, 1 for huge ones,
     where level 6 costs minutes for little gain."""
     return 6 if values < 50_000_000 else 1

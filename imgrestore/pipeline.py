@@ -44,6 +44,7 @@ class Options:
     dir_suffix: str = ""  # added to the stem inside an output folder (only if asked for)
     format: str = "auto"  # png | jpg | webp | tiff | auto (the input's, or -o's extension)
     quality: int = 95
+    png_level: int | None = None  # PNG zlib level 0-9; None: io.png_level_for the size
     tile: int | None = 256
     overlap: int | None = None  # None: the model's receptive radius (exact tiling)
     overwrite: bool = False
@@ -262,9 +263,9 @@ def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
 
 def _write(pic: io.Picture, out: Path | str, fmt: str, o: Options, res: Result, t0: float) -> None:
     if out == "-":
-        write_stdout(io.encode(pic, fmt, o.quality))
+        write_stdout(io.encode(pic, fmt, o.quality, png_level=o.png_level))
     else:
-        io.write_atomic(lambda f: io.encode(pic, fmt, o.quality, f), Path(out), o.overwrite)
+        io.write_atomic(lambda f: io.encode(pic, fmt, o.quality, f, o.png_level), Path(out), o.overwrite)
     res.seconds = time.perf_counter() - t0
 
 
@@ -315,7 +316,8 @@ def _stream(restorer, pic: io.Picture, out: Path, fmt: str, o: Options) -> tuple
     channels = c + (1 if desc.has_alpha else 0)
 
     def writer(f):
-        stream = io.open_stream(fmt, f, w, h, channels, bits, desc.icc, desc.exif, o.quality)
+        stream = io.open_stream(fmt, f, w, h, channels, bits, desc.icc, desc.exif, o.quality,
+                                o.png_level)
         for _, band, alpha in bands:
             band = np.repeat(band, 3, axis=2) if widen else band
             stream.write(np.dstack([band, alpha]) if alpha is not None else band)

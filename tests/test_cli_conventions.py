@@ -364,3 +364,51 @@ def test_band_by_band_resize_equals_the_whole_image_one():
             assert np.abs(got.astype(np.int64) - whole).max() <= max(1, top // 255), (h, oh, dtype)
             assert max(len(b) for _, b in bands) <= 50
             assert np.abs(resize_array(a, oh, ow).astype(np.int64) - whole).max() <= max(1, top // 255)
+
+
+# ---------------------------------------------------------------- issue #19: PNG compression level
+
+def _smooth_png(path: Path, h: int = 30, w: int = 40) -> None:
+    y, x = np.mgrid[0:h, 0:w]
+    a = np.stack([x * 6, y * 8, (x + y) * 3], axis=-1) % 256
+    Image.fromarray(a.astype(np.uint8)).save(path)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_png_level_reaches_the_png_writer_whole_and_streamed(cli, tiny_x2, tmp_path, monkeypatch, streamed):
+    from imgrestore import io as imgio
+    from imgrestore import pipeline
+
+    _smooth_png(tmp_path / "a.png")
+    levels = []
+    if streamed:
+        monkeypatch.setattr(pipeline, "STREAM_MIN_PIXELS", 1)
+        real = imgio.PngStream
+
+        def spy(*args):
+            levels.append(args[-1])
+            return real(*args)
+
+        monkeypatch.setattr(imgio, "PngStream", spy)
+    sizes, pixels = {}, {}
+    for level in ("0", "9", None):
+        out = tmp_path / f"out{level}.png"
+        extra = ["--png-level", level] if level else []
+        code, _, err = cli("upscale", "--model", tiny_x2, tmp_path / "a.png", "-o", out, *extra)
+        assert code == 0, err
+        sizes[level] = out.stat().st_size
+        with Image.open(out) as im:
+            pixels[level] = np.asarray(im)
+    if streamed:
+        assert levels == [0, 9, 6]  # None: the automatic level for this size
+    assert sizes["0"] >= pixels["0"].size > sizes["9"]  # level 0 stores the pixels
+    assert sizes[None] < sizes["0"]  # the default compresses
+    assert np.array_equal(pixels["0"], pixels["9"]) and np.array_equal(pixels["0"], pixels[None])
+
+
+@pytest.mark.parametrize("bad", ["10", "-1", "fast"])
+def test_png_level_out_of_range_is_a_usage_error(cli, tiny_x2, tmp_path, bad):
+    _smooth_png(tmp_path / "a.png")
+    code, _, err = cli("upscale", "--model", tiny_x2, tmp_path / "a.png", "--png-level", bad)
+    assert code == 2 and "--png-level" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]

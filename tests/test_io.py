@@ -177,3 +177,49 @@ def test_interrupted_write_leaves_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         imgio.write_atomic(writer, tmp_path / "o.png", overwrite=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def _photo_like(h: int, w: int, c: int = 3, seed: int = 0, deep: bool = False) -> np.ndarray:
+    """Smooth random pixels plus a little grain: compressible as a photo is."""
+    rng = np.random.default_rng(seed)
+    small = rng.random((h // 8 + 1, w // 8 + 1, c)).astype(np.float32)
+    planes = [np.asarray(Image.fromarray(small[..., i], "F").resize((w, h), Image.BILINEAR)) for i in range(c)]
+    a = np.stack(planes, axis=-1) + rng.normal(0.0, 0.01, (h, w, c)).astype(np.float32)
+    top = 65535 if deep else 255
+    return (np.clip(a, 0, 1) * top + 0.5).astype(np.uint16 if deep else np.uint8)
+
+
+def test_png_level_trades_size_and_keeps_pixels():
+    """Issue #19: every zlib level gives the same pixels back; a higher level
+    a file no larger than level 1 (level 0 stores them uncompressed)."""
+    a = _photo_like(96, 128)
+    sizes = {}
+    for level in range(10):
+        data = imgio.encode(imgio.Picture(a), "png", png_level=level)
+        assert np.array_equal(imgio.decode(data).pixels, a), level
+        sizes[level] = len(data)
+    assert sizes[0] >= a.size  # stored, not compressed
+    # 4-9 (zlib's lazy matching) never larger than 1; 2-3 share 1's fast matcher and may
+    # come out a few bytes larger than it
+    assert all(sizes[level] <= sizes[1] for level in range(4, 10)), sizes
+    assert sizes[9] < sizes[1]
+    assert sizes[1] < sizes[0]
+    # no level given: the automatic one (Pillow's 6 at this size)
+    assert imgio.encode(imgio.Picture(a), "png") == imgio.encode(imgio.Picture(a), "png", png_level=6)
+
+
+@pytest.mark.parametrize("level", [0, 1, 9])
+def test_png_level_in_our_own_writers(level):
+    """16-bit colour (our PngStream, whole or band by band) at any level:
+    exact pixels, and the level is the one asked for."""
+    a = _photo_like(40, 30, deep=True)
+    whole = imgio.encode(imgio.Picture(a), "png", png_level=level)
+    assert np.array_equal(imgio.decode(whole).pixels, a)
+    buf = _io.BytesIO()
+    s = imgio.open_stream("png", buf, 30, 40, 3, 16, png_level=level)
+    s.write(a[:17])
+    s.write(a[17:])
+    s.close()
+    assert buf.getvalue() == whole
+    stored = imgio.encode(imgio.Picture(a), "png", png_level=0)
+    assert (len(whole) == len(stored)) == (level == 0)
