@@ -36,6 +36,18 @@ def _mean_channels(a: np.ndarray, keepdims: bool) -> np.ndarray:
     return np.round(a.astype(np.float32).mean(axis=2, keepdims=keepdims)).astype(a.dtype)
 
 
+def assemble(pic: Picture, desc: Picture, bands) -> Picture:
+    """The whole output of `picture_bands` (its description and bands) as one
+    Picture with the input's metadata."""
+    out = np.empty(desc.pixels.shape, desc.pixels.dtype)
+    alpha = np.empty(out.shape[:2], out.dtype) if desc.has_alpha else None
+    for oy, band, a in bands:
+        out[oy:oy + band.shape[0]] = band
+        if alpha is not None:
+            alpha[oy:oy + band.shape[0]] = a
+    return Picture(out, alpha, pic.exif, pic.icc, pic.format, list(pic.notes))
+
+
 def pick_device(device: str = "auto"):
     """auto, cpu or cuda -> a torch.device."""
     import torch
@@ -184,14 +196,7 @@ class Restorer:
     def restore_picture(self, pic: Picture, tile: int | None = DEFAULT_TILE,
                         overlap: int | None = None,
                         on_tile: Callable[[int, int], None] | None = None) -> Picture:
-        desc, bands = self.picture_bands(pic, tile, overlap, on_tile)
-        out = np.empty(desc.pixels.shape, desc.pixels.dtype)
-        alpha = np.empty(out.shape[:2], out.dtype) if desc.has_alpha else None
-        for oy, band, a in bands:
-            out[oy:oy + band.shape[0]] = band
-            if alpha is not None:
-                alpha[oy:oy + band.shape[0]] = a
-        return Picture(out, alpha, pic.exif, pic.icc, pic.format, list(pic.notes))
+        return assemble(pic, *self.picture_bands(pic, tile, overlap, on_tile))
 
     def __call__(self, image, tile: int | None = DEFAULT_TILE):
         """Restore a PIL image or a numpy array (H, W), (H, W, 1|3|4) of uint8
@@ -291,11 +296,4 @@ class Resized:
         return describe_output(pic, (oh, ow, c), desc.pixels.dtype, desc.has_alpha), gen()
 
     def restore_picture(self, pic: Picture, tile=DEFAULT_TILE, overlap=None, on_tile=None) -> Picture:
-        desc, bands = self.picture_bands(pic, tile, overlap, on_tile)
-        out = np.empty(desc.pixels.shape, desc.pixels.dtype)
-        alpha = np.empty(out.shape[:2], out.dtype) if desc.has_alpha else None
-        for oy, band, a in bands:
-            out[oy:oy + band.shape[0]] = band
-            if alpha is not None:
-                alpha[oy:oy + band.shape[0]] = a
-        return Picture(out, alpha, pic.exif, pic.icc, pic.format, list(pic.notes))
+        return assemble(pic, *self.picture_bands(pic, tile, overlap, on_tile))

@@ -159,6 +159,31 @@ def split_holdout(files: list[Path], fraction: float) -> tuple[list[Path], list[
     return kept, held
 
 
+def load_training(data: list[str], holdout: float, crop: int, min_zoom: float, log=print):
+    """The training photos (colour ones, sized for `crop` at `min_zoom`) with
+    their class labels (-100: none, ignored), and the held-out files."""
+    files, held = split_holdout(list_images(data), holdout)
+    images, wnids = load_color_images(files, short_side=round(crop / min_zoom) + crop // 8)
+    classes = sorted({w for w in wnids if w})
+    index = {w: i for i, w in enumerate(classes)}
+    labels = [index[w] if w else -100 for w in wnids]
+    log(f"loaded {len(images)} colour training images ({len(files) - len(images)} gray skipped), "
+        f"{len(classes)} classes")
+    return files, held, images, labels, classes
+
+
+def evaluator(held: list[Path], val: list[str] | None):
+    """(model, limit=None, files=held) -> {"holdout": summary, val folder: summary}."""
+    def evaluate(m, limit=None, files=held):
+        out = {}
+        if files:
+            out["holdout"] = TASK.evaluate(m, files, limit=limit)
+        for f in val or []:
+            out[Path(f).name] = TASK.evaluate(m, f, limit=limit)
+        return out
+    return evaluate
+
+
 def make_task(data: list[str], *, width: int = 32, crop: int = 128, batch: int = 32,
               val: list[str] | None = None, seed: int = 0, loss_kind: str = "l2",
               rebalance: float = TRAIN_COLORIZE["rebalance"], fg_weight: float = TRAIN_COLORIZE["fg_weight"],
@@ -167,13 +192,7 @@ def make_task(data: list[str], *, width: int = 32, crop: int = 128, batch: int =
     if loss_kind not in LOSSES or loss_kind.startswith("bins"):
         raise ValueError(f"unknown loss {loss_kind!r} for this architecture ({', '.join(LOSSES[:3])})")
     torch.manual_seed(seed)
-    files, held = split_holdout(list_images(data), holdout)
-    images, wnids = load_color_images(files, short_side=round(crop / min_zoom) + crop // 8)
-    classes = sorted({w for w in wnids if w})
-    index = {w: i for i, w in enumerate(classes)}
-    labels = [index[w] if w else -100 for w in wnids]  # -100: no label, ignored
-    log(f"loaded {len(images)} colour training images ({len(files) - len(images)} gray skipped), "
-        f"{len(classes)} classes")
+    files, held, images, labels, classes = load_training(data, holdout, crop, min_zoom, log)
     weights = rebalance_weights(images, lam=rebalance)
     config = dict(width=width, global_size=128, global_dim=256, classes=len(classes), mid_blocks=3)
     model = FusionColorNet(**config)
@@ -188,13 +207,7 @@ def make_task(data: list[str], *, width: int = 32, crop: int = 128, batch: int =
         pred, logits = m(l, return_logits=True)
         return color_loss(pred, logits, ab, y, loss_kind, weights, rebalance, fg_weight)
 
-    def evaluate(m, limit=None):
-        out = {}
-        if held:
-            out["holdout"] = TASK.evaluate(m, held, limit=limit)
-        for f in val or []:
-            out[Path(f).name] = TASK.evaluate(m, f, limit=limit)
-        return out
+    evaluate = evaluator(held, val)
 
     return TrainTask(
         arch="fusion-colornet", task=TASK.name, scale=1, model=model, config=config,
@@ -248,13 +261,7 @@ def make_semantic_task(data: list[str], *, width: int = 32, crop: int = 128, bat
     if loss_kind not in LOSSES:
         raise ValueError(f"unknown loss {loss_kind!r} ({', '.join(LOSSES)})")
     torch.manual_seed(seed)
-    files, held = split_holdout(list_images(data), holdout)
-    images, wnids = load_color_images(files, short_side=round(crop / min_zoom) + crop // 8)
-    classes = sorted({w for w in wnids if w})
-    index = {w: i for i, w in enumerate(classes)}
-    labels = [index[w] if w else -100 for w in wnids]
-    log(f"loaded {len(images)} colour training images ({len(files) - len(images)} gray skipped), "
-        f"{len(classes)} classes")
+    files, held, images, labels, classes = load_training(data, holdout, crop, min_zoom, log)
     weights_ = rebalance_weights(images, lam=rebalance)
     from .. import weights as wmod
 
@@ -287,13 +294,7 @@ def make_semantic_task(data: list[str], *, width: int = 32, crop: int = 128, bat
             pred, logits, bins = m(l, return_bins=True)
             return color_loss(pred, logits, ab, y, loss_kind, weights_, rebalance, fg_weight, bins)
 
-    def evaluate(m, limit=None, files=held):
-        out = {}
-        if files:
-            out["holdout"] = TASK.evaluate(m, files, limit=limit)
-        for f in val or []:
-            out[Path(f).name] = TASK.evaluate(m, f, limit=limit)
-        return out
+    evaluate = evaluator(held, val)
 
     # the periodic check: `quick_images` held-out photos taken evenly from the
     # whole slice (every folder), none smaller than a training crop
