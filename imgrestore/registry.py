@@ -160,13 +160,9 @@ def check_config(wf, spec: ArchSpec) -> None:
     if wrong or missing:
         # (unexpected keys alone are left to the real load: modules may drop
         # legacy keys they know are dead)
-        unexpected = sorted(set(have) - set(want))
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)):
-            if keys:
-                sep = "; " if label == "shape" else ", "
-                parts.append(f"{label} " + sep.join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
-        raise WeightsError(f"{wf.path}: tensors do not match the architecture: " + " | ".join(parts))
+        from .weights import mismatch
+
+        raise mismatch(wf.path, missing, sorted(set(have) - set(want)), wrong)
 
 
 def _component_tensors(wf, model: nn.Module, prefix: str, name: str) -> dict:

@@ -129,9 +129,15 @@ def load_state_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
         res = model.load_state_dict(dict(tensors), strict=False)
         missing, unexpected = sorted(res.missing_keys), sorted(res.unexpected_keys)
     if missing or unexpected or shapes:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
-            if keys:
-                sep = "; " if label == "shape" else ", "
-                parts.append(f"{label} " + sep.join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
-        raise WeightsError(f"{path}: tensors do not match the architecture: " + " | ".join(parts))
+        raise mismatch(path, missing, unexpected, shapes)
+
+
+def mismatch(path, missing: list[str], unexpected: list[str], shapes: list[str]) -> WeightsError:
+    """The error for tensors that do not match an architecture, naming the
+    file and (the first eight of) each kind of mismatched key."""
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if keys:
+            sep = "; " if label == "shape" else ", "
+            parts.append(f"{label} " + sep.join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
+    return WeightsError(f"{path}: tensors do not match the architecture: " + " | ".join(parts))

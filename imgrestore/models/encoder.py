@@ -58,14 +58,16 @@ class SameConv(nn.Conv2d):
         if self.stride[0] not in (1, 2) or (self.stride[0] == 2 and self.kernel_size[0] < 2):
             raise ValueError("SameConv supports stride 1, and stride 2 with kernels of 2 or more")
 
-    def forward(self, x):
+    def forward(self, x, weight: torch.Tensor | None = None):
+        """`weight`: another kernel of the same size to run instead (the gray stem)."""
+        w = self.weight if weight is None else weight
         k, s = self.kernel_size[0], self.stride[0]
         if s == 1:
-            return F.conv2d(x, self.weight, self.bias, 1, (k - 1) // 2, 1, self.groups)
+            return F.conv2d(x, w, self.bias, 1, (k - 1) // 2, 1, self.groups)
         ih, iw = x.shape[-2:]
         ph, pw = k - 2 + ih % 2, k - 2 + iw % 2
         x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-        return F.conv2d(x, self.weight, self.bias, s, 0, 1, self.groups)
+        return F.conv2d(x, w, self.bias, s, 0, 1, self.groups)
 
 
 class MBConv(nn.Module):
@@ -95,22 +97,21 @@ class EfficientLite(nn.Module):
         cfg = EncoderConfig(**kwargs)
         self.cfg = cfg
         self.stem = SameConv(3, cfg.stem, 3, 2)
-        blocks, cin, self.taps = [], cfg.stem, []
+        # taps: the last block before the resolution next halves; channels:
+        # those of the maps `features` returns, one per tap, then the head's
+        blocks, cin, self.taps, self.channels = [], cfg.stem, [], []
         for i, (r, k, s, e, cout) in enumerate(cfg.stages):
             for j in range(r):
                 blocks.append(MBConv(cin, cout, k, s if j == 0 else 1, e))
                 cin = cout
-            # a tap is the last block before the resolution next halves
             nxt = cfg.stages[i + 1][2] if i + 1 < len(cfg.stages) else 2
             if nxt == 2 and i > 0:
                 self.taps.append(len(blocks) - 1)
+                self.channels.append(cout)
+        self.channels.append(cfg.head)
         self.blocks = nn.ModuleList(blocks)
         self.head = SameConv(cin, cfg.head, 1)
         self.fc = nn.Linear(cfg.head, cfg.classes)
-        # channels of the maps `features` returns: one per tap, then the head
-        self.channels = [cfg.stages[i][4] for i in range(len(cfg.stages))
-                         if (cfg.stages[i + 1][2] if i + 1 < len(cfg.stages) else 2) == 2 and i > 0]
-        self.channels.append(cfg.head)
 
     def config(self) -> dict:
         return asdict(self.cfg)
@@ -124,8 +125,7 @@ class EfficientLite(nn.Module):
         with `gray` (the stem sums its colour weights: the same result as
         three equal channels, a third of the stem's cost) -> maps at 1/4,
         1/8, 1/16, 1/32 and the head map at 1/32."""
-        w = self.stem.weight.sum(1, keepdim=True) if gray else self.stem.weight
-        x = F.relu6(SameConv.forward(_Weighted(self.stem, w), x))
+        x = F.relu6(self.stem(x, self.stem.weight.sum(1, keepdim=True) if gray else None))
         out = []
         for i, b in enumerate(self.blocks):
             x = b(x)
@@ -136,14 +136,6 @@ class EfficientLite(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x)[-1].mean(dim=(2, 3)))
-
-
-class _Weighted:
-    """A stand-in with another weight, for SameConv.forward (the gray stem)."""
-
-    def __init__(self, conv: SameConv, weight: torch.Tensor):
-        self.kernel_size, self.stride, self.groups = conv.kernel_size, conv.stride, conv.groups
-        self.weight, self.bias = weight, conv.bias
 
 
 # a shipped component, read by the colorizers that name it; never run alone

@@ -313,7 +313,7 @@ class FeatureCache:
                 l, ab, y = source.batch(n)
                 with torch.no_grad():
                     feats = model.encode(l)
-                for k, v in zip(["l", "ab"] + [f"f{j}" for j in range(len(feats))], [l, ab, *feats]):
+                for k, v in zip(shapes, [l, ab, *feats]):  # the arrays' names, in the same order
                     self.arrays[k][i:i + n] = v.numpy().astype(np.float16)
                 self.labels[i:i + n] = y.numpy()
                 if (i // chunk) % 100 == 0:

@@ -229,18 +229,13 @@ def make_task(data: list[str], *, width: int = 32, crop: int = 128, batch: int =
 
 # ---------------------------------------------------------------------------- on a frozen encoder
 
-def load_encoder(model, path: Path | None = None) -> dict:
-    """Fill a SemanticColorNet's frozen encoder from its shipped file (or
-    `path`); returns that file's provenance with its SHA-256."""
+def load_encoder(model, wf) -> dict:
+    """Fill a SemanticColorNet's frozen encoder from the encoder's weights
+    file `wf`; returns what the colorizer's provenance says of it."""
     import hashlib
 
-    from .. import weights
-    from ..registry import component_path
-
-    path = Path(path) if path else component_path(model.cfg.encoder)
-    wf = weights.read(path)
     model.encoder.load_state_dict(wf.tensors, strict=True)
-    return dict(file=path.name, sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+    return dict(file=wf.path.name, sha256=hashlib.sha256(wf.path.read_bytes()).hexdigest(),
                 source=wf.provenance.get("package"), licence=wf.provenance.get("licence"))
 
 
@@ -255,23 +250,22 @@ def make_semantic_task(data: list[str], *, width: int = 32, crop: int = 128, bat
     """The colorizer on a frozen pretrained encoder (`SemanticColorNet`).
     With `cache`, the encoder's maps of `crops_per_image` crops per photo are
     computed once (`FeatureCache`); without, every step encodes its crops."""
-    from ..models.colorize import SemanticColorNet
-    from ..registry import COMPONENTS, component_path
+    from .. import weights as wmod
+    from ..models.colorize import SemanticColorNet, SemanticConfig
+    from ..registry import component_path
 
     if loss_kind not in LOSSES:
         raise ValueError(f"unknown loss {loss_kind!r} ({', '.join(LOSSES)})")
     torch.manual_seed(seed)
     files, held, images, labels, classes = load_training(data, holdout, crop, min_zoom, log)
     weights_ = rebalance_weights(images, lam=rebalance)
-    from .. import weights as wmod
-
-    enc_name = next(iter(COMPONENTS))
+    enc_name = SemanticConfig.encoder  # the shipped encoder (or `encoder`, a file of it)
     enc_wf = wmod.read(encoder or component_path(enc_name))
     config = dict(encoder=enc_name, encoder_config=enc_wf.config, width=width, global_dim=256,
                   classes=len(classes), mid_blocks=2, head="bins" if loss_kind.startswith("bins") else "ab",
                   dropout=dropout)
     model = SemanticColorNet(**config)
-    enc_info = load_encoder(model, encoder)
+    enc_info = load_encoder(model, enc_wf)
     if init:
         init_from(model, init, log)
     source = TASK.pairs(images, labels, crop, seed, min_zoom=min_zoom)
