@@ -748,6 +748,28 @@ class PngStream:
         self.f.write(_chunk(b"IEND", b""))
 
 
+class RowBuffer:
+    """Bands of rows in, blocks of a chosen number of rows out: what the
+    stream writers that encode fixed groups of rows (JPEG, TIFF strips) keep
+    between bands."""
+
+    def __init__(self):
+        self.bands: list[np.ndarray] = []
+        self.rows = 0
+
+    def add(self, band: np.ndarray) -> None:
+        self.bands.append(band)
+        self.rows += band.shape[0]
+
+    def take(self, rows: int) -> np.ndarray:
+        """The next `rows` rows (at most what is held)."""
+        block = np.concatenate(self.bands) if len(self.bands) > 1 else self.bands[0]
+        part, rest = block[:rows], block[rows:]
+        self.bands = [rest] if rest.shape[0] else []
+        self.rows -= part.shape[0]
+        return part
+
+
 class JpegStream:
     """A baseline JPEG written band by band, so a huge output is never held
     whole (neither by us nor by the encoder).
@@ -776,26 +798,21 @@ class JpegStream:
         mcu = 16 if self.color and self.subsampling == 2 else 8
         group = 8 * mcu  # rows a group must be a multiple of (but the last)
         self.group_rows = group * max(1, (1 << 20) // (group * width * (3 if self.color else 1)))  # ~1 MB
-        self.pending: list[np.ndarray] = []
-        self.pending_rows = self.rows = 0
+        self.pending = RowBuffer()
+        self.rows = 0
 
     def write(self, band: np.ndarray) -> None:
         """band: (rows, width, channels) uint8 or uint16."""
         band = band[..., :3] if self.color else band[..., :1]  # no alpha in JPEG
         if band.dtype == np.uint16:
             band = _to8(band)
-        self.pending.append(band)
-        self.pending_rows += band.shape[0]
-        while self.pending_rows >= self.group_rows:
-            self._group(self.group_rows)
+        self.pending.add(band)
+        while self.pending.rows >= self.group_rows:
+            self._group(self.pending.take(self.group_rows))
 
-    def _group(self, rows: int) -> None:
+    def _group(self, part: np.ndarray) -> None:
         from PIL import Image
 
-        block = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-        part, rest = block[:rows], block[rows:]
-        self.pending = [rest] if rest.shape[0] else []
-        self.pending_rows -= rows
         first = self.rows == 0
         kw: dict = {}
         if first and self.icc:
@@ -820,11 +837,11 @@ class JpegStream:
         else:
             self.f.write(b"\xff\xd7")  # RST7: every group ends on the 8th marker
         self.f.write(scan)
-        self.rows += rows
+        self.rows += part.shape[0]
 
     def close(self) -> None:
-        if self.pending_rows:
-            self._group(self.pending_rows)
+        if self.pending.rows:
+            self._group(self.pending.take(self.pending.rows))
         if self.rows != self.height:
             raise OutputError(f"JPEG stream got {self.rows} of {self.height} rows")
         self.f.write(b"\xff\xd9")  # EOI
@@ -879,8 +896,8 @@ class TiffStream:
         self.rows_per_strip = max(1, min(height, (1 << 18) // max(1, self.rowbytes)))
         n = -(-height // self.rows_per_strip)
         self.level = level
-        self.pending: list[np.ndarray] = []
-        self.pending_rows = self.rows = 0
+        self.pending = RowBuffer()
+        self.rows = 0
         self.offsets: list[int] = []
         self.counts: list[int] = []
         ifd = TiffImagePlugin.ImageFileDirectory_v2(prefix=b"II")
@@ -930,16 +947,11 @@ class TiffStream:
 
     def write(self, band: np.ndarray) -> None:
         """band: (rows, width, channels) uint8 or uint16."""
-        self.pending.append(band)
-        self.pending_rows += band.shape[0]
-        while self.pending_rows >= self.rows_per_strip:
-            self._strip(self.rows_per_strip)
+        self.pending.add(band)
+        while self.pending.rows >= self.rows_per_strip:
+            self._strip(self.pending.take(self.rows_per_strip))
 
-    def _strip(self, rows: int) -> None:
-        block = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-        strip, rest = block[:rows], block[rows:]
-        self.pending = [rest] if rest.shape[0] else []
-        self.pending_rows -= rows
+    def _strip(self, strip: np.ndarray) -> None:
         raw = np.ascontiguousarray(strip.astype("<u2") if self.bits == 16 else strip)
         data = zlib.compress(raw.tobytes(), self.level)
         pos = self.f.tell() - self.start
@@ -948,11 +960,11 @@ class TiffStream:
         self.offsets.append(pos)
         self.counts.append(len(data))
         self.f.write(data)
-        self.rows += rows
+        self.rows += strip.shape[0]
 
     def close(self) -> None:
-        if self.pending_rows:
-            self._strip(self.pending_rows)
+        if self.pending.rows:
+            self._strip(self.pending.take(self.pending.rows))
         if self.rows != self.height:
             raise OutputError(f"TIFF stream got {self.rows} of {self.height} rows")
         end = self.f.tell()
