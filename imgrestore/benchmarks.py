@@ -127,3 +127,57 @@ def contact_sheet(restorer, files: list[Path], out: Path, rows: int = 8, height:
     Image.fromarray(sheet).save(buf, "PNG")
     write_atomic(buf.getvalue(), Path(out), overwrite=True)
     return len(strips)
+
+
+def bench_restore(restorer, folders: list[str], settings: list[float], threads: int, gray: bool = True,
+                  hint: bool = True, speed: bool = True, size: int = 1024) -> dict:
+    """Denoise / deblock: PSNR over each folder at each setting (sigma, JPEG
+    quality) next to the task's baseline from the same run, for the blind
+    network (what the command does without a hint), with the hint, and on
+    the gray versions of the photos; then speed next to the baseline's."""
+    from .tasks.restore import eval_levels
+
+    d = restorer.degradation
+    variants = [("colour, blind", None, False)]
+    if hint:
+        variants.append(("colour, hint", True, False))
+    if gray:
+        variants.append(("gray, blind", None, True))
+    quality = {}
+    for folder in folders:
+        files = list_images([folder])
+        for label, hinted, is_gray in variants:
+            def restore(img, s, hinted=hinted):
+                return restorer.with_level(d.level(s) if hinted else None).run_pixels(img)
+            res = eval_levels(restore, d, files, tuple(settings), gray=is_gray, folder=folder)
+            quality[f"{Path(folder).name} ({label})"] = dict(res.summary(), images=len(files))
+    rows = []
+    if speed:
+        img = _photo_or_noise(folders, size)
+        s = d.main
+        degraded = d.apply(img, s, np.random.default_rng(0))
+        mp = size * size / 1e6
+        blind = restorer.with_level(None)
+        for method, fn in ((f"imgrestore {restorer.name} (uint8 in, uint8 out, tile {DEFAULT_TILE})",
+                            lambda: blind.run_pixels(degraded)),
+                           (f"{d.baseline_name} at {d.unit} {s:g}", lambda: d.baseline(degraded, s)),
+                           ("Pillow JPEG decode of the same image (q 90, reference)", _jpeg_decoder(degraded))):
+            sec = time_call(fn, repeat=2)
+            rows.append({"test": f"{size}x{size} ({mp:.1f} MP)", "method": method, "seconds": sec,
+                         "mp_per_s": mp / sec})
+    return {"model": restorer.name, "task": restorer.task, "params": count_params(restorer.model),
+            "threads": threads, "torch": torch.__version__, "baseline": d.baseline_name, "score": d.score_name,
+            "quality": quality, "speed": rows}
+
+
+def _jpeg_decoder(img: np.ndarray):
+    from io import BytesIO
+
+    buf = BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+
+    def decode():
+        with Image.open(BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    return decode

@@ -689,6 +689,76 @@ def bench_colorize_cmd(model, render_size, saturation, threads, speed, as_json, 
     _print_speed(con, report["speed"])
 
 
+def _settings_list(text: str, low: float, high: float, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not low <= v <= high for v in values):
+        raise click.BadParameter(f"{text!r}: give a comma-separated list of {what} in {low:g}..{high:g}")
+    return values
+
+
+def _bench_restore(task_name: str, model, settings, threads, speed, size, gray, hint, as_json, folders):
+    from .benchmarks import bench_restore
+
+    _setup_torch(threads)
+    restorer = _load_restorer(model or TASKS[task_name].default_model({}), "cpu", False, task_name)
+    report = bench_restore(restorer, list(folders), settings, threads, gray=gray, hint=hint, speed=speed, size=size)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    from rich.table import Table
+
+    con = _table_console()
+    con.print(f"model {report['model']}, {report['params']:,} parameters, torch threads {threads}")
+    t = Table(title=f"quality (PSNR on {report['score']}; baseline: {report['baseline']}, same run)")
+    for c in ("folder", "setting", "images", "PSNR", "baseline PSNR", "gain dB", "input PSNR"):
+        t.add_column(c)
+    for name, q in report["quality"].items():
+        for setting, m in q.items():
+            if setting != "images":
+                t.add_row(name, setting, str(q["images"]), f"{m['psnr']:.3f}", f"{m['psnr_baseline']:.3f}",
+                          f"{m['gain_db']:+.3f}", f"{m['psnr_input']:.3f}")
+    con.print(t)
+    _print_speed(con, report["speed"])
+
+
+RESTORE_BENCH_OPTIONS = (
+    click.option("--model", help="Model name or path [default: the shipped one]."),
+    click.option("--threads", type=click.IntRange(1), default=2, show_default=True),
+    click.option("--speed/--no-speed", default=True, show_default=True),
+    click.option("--size", type=click.IntRange(16), default=1024, show_default=True,
+                 help="Side of the image the speed test runs on."),
+    click.option("--gray/--no-gray", default=True, show_default=True,
+                 help="Also the gray versions of the photos (blind)."),
+    click.option("--hint/--no-hint", default=True, show_default=True,
+                 help="Also the network given the true setting as its hint."),
+    click.option("--json", "as_json", is_flag=True),
+    click.argument("folders", nargs=-1, type=click.Path(exists=True, file_okay=False)),
+)
+
+
+@bench.command("denoise")
+@click.option("--sigma", default="15,25,50", show_default=True, help="Noise sigmas (0-255 scale), comma-separated.")
+@options(RESTORE_BENCH_OPTIONS)
+def bench_denoise(sigma, **kw):
+    """PSNR (RGB) of the denoised photos of each FOLDER after Gaussian noise
+    of each sigma (fixed seeds), next to tuned OpenCV non-local means from
+    the same run; speed next to it."""
+    _bench_restore("denoise", settings=_settings_list(sigma, 0, 100, "sigmas"), **kw)
+
+
+@bench.command("deblock")
+@click.option("--quality", default="10,20,30,40", show_default=True,
+              help="JPEG qualities of the inputs (Pillow), comma-separated.")
+@options(RESTORE_BENCH_OPTIONS)
+def bench_deblock(quality, **kw):
+    """PSNR (Y) of the deblocked photos of each FOLDER saved as JPEG at each
+    quality, next to the JPEG input's own PSNR; speed next to a JPEG decode."""
+    _bench_restore("deblock", settings=_settings_list(quality, 1, 100, "qualities"), **kw)
+
+
 def _print_speed(con, rows) -> None:
     from rich.table import Table
 
@@ -825,6 +895,96 @@ def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval
         task = make_task(list(data), **common)
     run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log,
                                  snapshots=snapshots))
+
+
+RESTORE_TRAIN_OPTIONS = (
+    click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True),
+                 help="Folder(s) of clean training photos (degraded on the fly)."),
+    click.option("--channels", type=click.IntRange(4, 256), default=32, show_default=True),
+    click.option("--cells", type=click.IntRange(1, 16), default=4, show_default=True,
+                 help="Joint search modules in a row."),
+    click.option("--layers", type=click.IntRange(1, 8), default=2, show_default=True,
+                 help="Operations per module."),
+    click.option("--holdout", type=click.FloatRange(0, 0.5), default=0.05, show_default=True,
+                 help="Fraction of the training files kept out and evaluated (settings are chosen on it)."),
+    click.option("--threads", type=click.IntRange(1), help="CPU threads."),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("-o", "--output", type=click.Path(dir_okay=False), required=True),
+)
+
+
+def _restore_train_command(name: str) -> None:
+    @train.command(name, help=f"Train the {name} network (a JSNet: searched or hand-picked cells) on clean photos "
+                   "degraded on the fly; writes OUTPUT and OUTPUT.state (resume by running the same command again).")
+    @options(RESTORE_TRAIN_OPTIONS)
+    @click.option("--arch-from", type=click.Path(exists=True, dir_okay=False),
+                  help="Take the architecture (genotype, width) from this weights file, e.g. `train search`'s "
+                       "output [default: --init's, else the hand-picked cell of --cells x --layers].")
+    @click.option("--init", type=click.Path(exists=True, dir_okay=False),
+                  help="Warm start from a weights file (matching tensors are copied; a fresh schedule).")
+    @click.option("--val", multiple=True, type=click.Path(exists=True, file_okay=False),
+                  help="Folder(s) evaluated at the end only.")
+    @click.option("--steps", type=click.IntRange(1), default=6000, show_default=True)
+    @click.option("--batch", type=click.IntRange(1), default=16, show_default=True)
+    @click.option("--patch", type=click.IntRange(8), default=64, show_default=True, help="Crop side (even).")
+    @click.option("--lr", type=float, default=1e-3, show_default=True)
+    @click.option("--eval-every", type=click.IntRange(1), default=1000, show_default=True)
+    @click.option("--snapshots", is_flag=True,
+                  help="Keep OUTPUT.stepN.safetensors at every --eval-every step, to choose from on the hold-out.")
+    def command(data, channels, cells, layers, holdout, threads, seed, output, arch_from, init, val, steps, batch,
+                patch, lr, eval_every, snapshots):
+        from .train.loop import TrainOptions, train as run_train
+        from .train.restore import make_task
+
+        _setup_torch(threads)
+        if patch % 2:
+            raise click.BadParameter(f"{patch} is odd; the network works on 2x2 blocks", param_hint="--patch")
+
+        def log(msg: str) -> None:
+            click.echo(msg, err=True)
+
+        try:
+            task = make_task(name, list(data), arch_from=Path(arch_from) if arch_from else None, channels=channels,
+                             cells=cells, layers=layers, patch=patch, batch=batch, holdout=holdout, val=list(val),
+                             init=Path(init) if init else None, seed=seed, log=log)
+        except ValueError as e:
+            _fail_usage(str(e))
+        run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log,
+                                     snapshots=snapshots))
+
+
+
+for _name in ("denoise", "deblock"):
+    _restore_train_command(_name)
+
+
+@train.command("search")
+@click.option("--task", "task_name", type=click.Choice(["denoise", "deblock"]), required=True)
+@options(RESTORE_TRAIN_OPTIONS)
+@click.option("--steps", type=click.IntRange(1), default=600, show_default=True, help="Search steps.")
+@click.option("--batch", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--patch", type=click.IntRange(8), default=48, show_default=True)
+@click.option("--compare-steps", type=click.IntRange(1), default=400, show_default=True,
+              help="Training steps of the derived and of the same-size hand-picked network, compared on the "
+                   "hold-out.")
+def train_search(task_name, data, channels, cells, layers, holdout, threads, seed, output, steps, batch, patch,
+                 compare_steps):
+    """Search the operations and attention of each joint search module
+    (differentiable, alternating weight and architecture steps); train the
+    derived network and the hand-picked cell of the same size the same way
+    and compare them on the hold-out. OUTPUT holds the derived network (its
+    genotype in the config: `train denoise --arch-from OUTPUT`)."""
+    from .train.search import run_search
+
+    _setup_torch(threads)
+    if patch % 2:
+        raise click.BadParameter(f"{patch} is odd; the network works on 2x2 blocks", param_hint="--patch")
+    try:
+        run_search(task_name, list(data), Path(output), channels=channels, cells=cells, layers=layers, steps=steps,
+                   patch=patch, batch=batch, compare_steps=compare_steps, holdout=holdout, seed=seed,
+                   log=lambda m: click.echo(m, err=True))
+    except ValueError as e:
+        _fail_usage(str(e))
 
 
 @cli.command()

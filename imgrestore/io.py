@@ -248,6 +248,7 @@ class Picture:
     format: str = "png"  # source format key: png, jpg, webp, tiff, ...
     notes: list[str] = field(default_factory=list)
     has_alpha: bool = False  # for output descriptions whose alpha is streamed
+    jpeg_quality: int | None = None  # a JPEG input's quality, judged from its quantization tables
 
     @property
     def gray(self) -> bool:
@@ -333,6 +334,7 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         notes.append("EXIF unreadable: dropped")
 
     fmt_key = {"jpeg": "jpg", "mpo": "jpg"}.get(fmt, fmt)
+    quality = jpeg_quality(getattr(im, "quantization", None)) if fmt_key == "jpg" else None
     pixels, alpha = pil_arrays(im, data, fmt_key, notes)
     if orientation in ORIENT:
         pixels = ORIENT[orientation](pixels)
@@ -340,7 +342,30 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     if im.mode == "CMYK":
         icc = None  # a CMYK profile no longer describes the converted RGB
         notes.append("CMYK converted to RGB")
-    return Picture(pixels, alpha, exif, icc, fmt_key or "png", notes)
+    return Picture(pixels, alpha, exif, icc, fmt_key or "png", notes, jpeg_quality=quality)
+
+
+# the IJG (libjpeg) luminance quantization table at quality 50, natural order
+_IJG_LUMA = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=np.float64)
+
+
+def jpeg_quality(tables: dict | None) -> int | None:
+    """The IJG quality (1-100) whose luminance table is closest (in log
+    steps) to a JPEG's first quantization table, as Pillow reads it
+    (natural order); None without tables. Encoders with their own tables
+    (cameras) get the IJG quality of about the same coarseness."""
+    if not tables:
+        return None
+    first = np.asarray(tables[min(tables)], dtype=np.float64)
+    if first.size != 64 or (first <= 0).any():
+        return None
+    q = np.arange(1, 101)[:, None]
+    scale = np.where(q < 50, 5000 // q, 200 - 2 * q)
+    ref = np.clip((_IJG_LUMA[None] * scale + 50) // 100, 1, 255)  # (100, 64)
+    return int(np.argmin(np.abs(np.log(ref) - np.log(first[None])).sum(1))) + 1
 
 
 # TIFF tags that describe a file's own layout (size, strips, tiles, sample

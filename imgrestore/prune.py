@@ -441,10 +441,12 @@ def prune_model(wf, ratio: float, data: list[str] | None, criterion: str = "glca
     from .train.loop import TrainOptions, TrainTask, train
 
     task = tasks.get(wf.task, wf.path)
-    spec_fn = registry.ARCHS[wf.arch].channel_groups if wf.arch in registry.ARCHS else None
+    arch = registry.ARCHS.get(wf.arch)
+    spec_fn = arch.channel_groups if arch else None
     if spec_fn is None:
         prunable = [a.id for a in registry.ARCHS.values() if a.channel_groups]
-        raise NotImplementedError(f"pruning {wf.arch!r} models is not supported "
+        why = f": {arch.not_prunable}" if arch and arch.not_prunable else ""
+        raise NotImplementedError(f"pruning {wf.arch!r} models is not supported{why} "
                                   f"(supported: {', '.join(prunable)})")
     if not data and (criterion == "glca" or compensate or steps):
         raise ValueError("GLCA scoring, compensation and fine-tuning need calibration images: --data DIR")

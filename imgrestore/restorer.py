@@ -98,6 +98,11 @@ class Restorer:
         return None
 
     # ------------------------------------------------------------------ tensors
+    def net_call(self, x):
+        """The network on a padded batch (a task whose network takes more
+        than the image overrides it)."""
+        return self.model(x)
+
     def forward(self, x):
         """(B, C, H, W) float in [0, 1] -> restored, clamped to [0, 1]."""
         import torch
@@ -109,7 +114,7 @@ class Restorer:
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
         with torch.inference_mode():
-            y = self.model(x.to(self.device, memory_format=self.memory_format))
+            y = self.net_call(x.to(self.device, memory_format=self.memory_format))
             if ph or pw:
                 y = y[..., : h * self.scale, : w * self.scale]
             return y.clamp_(0.0, 1.0)
@@ -128,7 +133,7 @@ class Restorer:
         s = self.scale
         tile = tile if self.spec.tile_safe else None
         overlap = self.radius if overlap is None else overlap
-        tiles = tiling.plan(h, w, tile, overlap)
+        tiles = tiling.plan(h, w, tile, overlap, align=self.size_multiple)
         done = 0
         for y0, row in itertools.groupby(tiles, key=lambda t: t.y0):
             row = list(row)

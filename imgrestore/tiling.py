@@ -33,21 +33,24 @@ class Tile:
                 slice(ox, ox + (self.x1 - self.x0) * scale))
 
 
-def _starts(n: int, tile: int) -> list[tuple[int, int]]:
-    # equal-ish spans so that no tile is a thin sliver
+def _starts(n: int, tile: int, align: int = 1) -> list[tuple[int, int]]:
+    # equal-ish spans so that no tile is a thin sliver; inner edges on
+    # multiples of `align`
     count = max(1, -(-n // tile))
-    edges = [round(i * n / count) for i in range(count + 1)]
-    return list(zip(edges[:-1], edges[1:]))
+    edges = [0] + [round(i * n / count / align) * align for i in range(1, count)] + [n]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def plan(h: int, w: int, tile: int | None, overlap: int) -> list[Tile]:
+def plan(h: int, w: int, tile: int | None, overlap: int, align: int = 1) -> list[Tile]:
     """Tiles covering an h x w image; `tile` None or 0 (or >= the image) means
-    one tile."""
+    one tile. With `align`, every tile and its context start on a multiple
+    of it (a network that works on 2x2 blocks sees the image's blocks)."""
     if not tile or (h <= tile and w <= tile):
         return [Tile(0, h, 0, w, 0, h, 0, w)]
+    overlap = -(-overlap // align) * align
     out = []
-    for y0, y1 in _starts(h, tile):
-        for x0, x1 in _starts(w, tile):
+    for y0, y1 in _starts(h, tile, align):
+        for x0, x1 in _starts(w, tile, align):
             out.append(Tile(y0, y1, x0, x1, max(0, y0 - overlap), min(h, y1 + overlap),
                             max(0, x0 - overlap), min(w, x1 + overlap)))
     return out

@@ -51,8 +51,35 @@ def tiny_color(tmp_path_factory) -> Path:
     return path
 
 
+# every operation and attention of the restoration family, in three small cells
+TINY_CELLS = [{"ops": ["conv3", "dil3"], "attention": "channel", "connect": "body"},
+              {"ops": ["sep3", "conv1", "skip"], "attention": "spatial", "connect": "out"},
+              {"ops": ["conv3"], "attention": "pixel", "connect": "body"}]
+
+
+def tiny_restore_file(path: Path, task: str, channels: int = 4, seed: int = 0) -> Path:
+    from imgrestore.models.restore import JSNet
+
+    config = dict(task=task, colors=3, channels=channels, cells=TINY_CELLS, fuse=True)
+    model = randomize(JSNet(**config), seed=seed, std=0.1)
+    weights.save(path, model.state_dict(), arch="jsnet", config=config, task=task, scale=1,
+                 provenance={"note": "random test model"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_denoise(tmp_path_factory) -> Path:
+    return tiny_restore_file(tmp_path_factory.mktemp("models") / "tiny-denoise.safetensors", "denoise")
+
+
+@pytest.fixture(scope="session")
+def tiny_deblock(tmp_path_factory) -> Path:
+    return tiny_restore_file(tmp_path_factory.mktemp("models") / "tiny-deblock.safetensors", "deblock", seed=1)
+
+
 # task -> the fixture above that writes a tiny random model of it
-TINY_MODELS = {"upscale": "tiny_x2", "colorize": "tiny_color"}
+TINY_MODELS = {"upscale": "tiny_x2", "colorize": "tiny_color", "denoise": "tiny_denoise",
+               "deblock": "tiny_deblock"}
 
 
 @pytest.fixture

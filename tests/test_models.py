@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import randomize
+from conftest import TINY_CELLS, randomize
 from imgrestore import registry, weights
 from imgrestore.models.blocks import ECB
 from imgrestore.models.sr import ECBSR
@@ -64,11 +64,13 @@ SAMPLES = {
     "semantic-colornet": (dict(encoder_config=TINY_ENC, width=8, global_dim=16, classes=5, mid_blocks=1),
                           (2, 1, 32, 48), "colorize"),
     "efficientnet-lite": (TINY_ENC, (1, 3, 32, 32), "encoder"),
+    "jsnet": (dict(task="denoise", channels=8, cells=TINY_CELLS), (2, 3, 16, 12), "denoise"),
 }
 
 
 # the sample input of each task's models: (scale of the values, forward arguments)
-INPUTS = {"upscale": (1, {}), "colorize": (100, {"return_logits": True}), "encoder": (1, {})}
+INPUTS = {"upscale": (1, {}), "colorize": (100, {"return_logits": True}), "encoder": (1, {}),
+          "denoise": (1, {"level": torch.tensor([0.5, -1.0])})}
 
 
 def test_every_architecture_has_a_sample():

@@ -66,7 +66,8 @@ def test_other_architecture(tmp_path):
 
 
 # the validation sets every shipped model of a task was measured on
-METRICS_ON = {"upscale": {"CSet5", "CSet14"}, "colorize": {"imagenette-val", "CSet14"}}
+METRICS_ON = {"upscale": {"CSet5", "CSet14"}, "colorize": {"imagenette-val", "CSet14"},
+              "denoise": {"holdout", "CSet5", "CSet14"}, "deblock": {"holdout", "CSet5", "CSet14"}}
 
 
 def test_shipped_models_load_and_describe_themselves():
@@ -81,9 +82,9 @@ def test_shipped_models_load_and_describe_themselves():
 
 def test_unknown_task_is_a_clear_error(tmp_path, cli):
     """A task this version does not perform is never run as another one."""
-    path = tiny_sr_file(tmp_path / "denoise.safetensors", task="denoise")
-    with pytest.raises(UnknownTask, match=r"denoise\.safetensors: unknown task 'denoise'"):
+    path = tiny_sr_file(tmp_path / "inpaint.safetensors", task="inpaint")
+    with pytest.raises(UnknownTask, match=r"inpaint\.safetensors: unknown task 'inpaint'"):
         load(path, device="cpu")
     code, _, err = cli("prune", path, "--ratio", "0.5", "--criterion", "l1", "--no-compensate",
                        "-o", tmp_path / "small.safetensors")
-    assert code == 2 and "unknown task 'denoise'" in err and "Traceback" not in err
+    assert code == 2 and "unknown task 'inpaint'" in err and "Traceback" not in err

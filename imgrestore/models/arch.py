@@ -54,6 +54,8 @@ class ArchSpec:
     # model -> its prunable channel groups (None: not prunable). May fold the
     # model first: the groups describe the form that runs.
     channel_groups: Callable[[nn.Module], ChannelGroups] | None = None
+    # why a family without channel groups cannot be pruned (prune says it)
+    not_prunable: str = ""
 
     def build(self, config: dict) -> nn.Module:
         return self.model(**config)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 
 from ..errors import UnknownTask, WrongTask
-from . import colorize, upscale
+from . import colorize, deblock, denoise, upscale
 from .base import Calibration, Task
 
-TASKS: dict[str, Task] = {t.name: t for t in (upscale.TASK, colorize.TASK)}
+TASKS: dict[str, Task] = {t.name: t for t in (upscale.TASK, colorize.TASK, denoise.TASK, deblock.TASK)}
 
 
 def get(name: str, source: object = "") -> Task:

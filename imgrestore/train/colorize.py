@@ -32,7 +32,6 @@ settings are chosen without looking at the validation sets.
 from __future__ import annotations
 
 import random
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +46,7 @@ from ..models.colorize import AB_BIN, AB_BINS, AB_RANGE, FusionColorNet
 from ..tasks.base import checkpoint_sampler
 from ..tasks.colorize import TASK, FeatureCache, load_color_images
 from ..tensors import to_tensor
-from .loop import TrainTask, init_from
+from .loop import TrainTask, init_from, split_holdout
 
 BIN = AB_BIN  # a*b* histogram bin width: the bins head's
 NBINS = AB_BINS  # 22 bins per axis
@@ -145,18 +144,6 @@ def color_loss(pred, logits, ab, y, loss_kind: str, weights: torch.Tensor, rebal
     if logits is not None and (y >= 0).any():
         total = total + CLS_WEIGHT * F.cross_entropy(logits, y, ignore_index=-100)
     return total
-
-
-def split_holdout(files: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:
-    """Deterministic split by the CRC32 of the file name: the same files are
-    held out on every machine and in every resumed run."""
-    if fraction <= 0:
-        return files, []
-    cut = int(fraction * 10_000)
-    kept, held = [], []
-    for f in files:
-        (held if zlib.crc32(f.name.encode()) % 10_000 < cut else kept).append(f)
-    return kept, held
 
 
 def load_training(data: list[str], holdout: float, crop: int, min_zoom: float, log=print):

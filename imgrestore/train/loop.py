@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -60,6 +61,18 @@ def init_from(model: torch.nn.Module, path: Path, log=print) -> None:
     from ..registry import own_state
 
     log(f"initialized {len(copied)}/{len(own_state(model))} tensors from {path}")
+
+
+def split_holdout(files: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:
+    """Deterministic split by the CRC32 of the file name: the same files are
+    held out on every machine and in every resumed run."""
+    if fraction <= 0:
+        return files, []
+    cut = int(fraction * 10_000)
+    kept, held = [], []
+    for f in files:
+        (held if zlib.crc32(f.name.encode()) % 10_000 < cut else kept).append(f)
+    return kept, held
 
 
 def _state_path(out: Path) -> Path:
