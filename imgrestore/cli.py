@@ -92,8 +92,10 @@ OUTPUT_OPTIONS = (
                  "so re-running a stopped batch continues where it stopped)."),
 )
 TILING_OPTIONS = (
-    click.option("-t", "--tile", type=click.IntRange(0), default=DEFAULT_TILE, show_default=True,
-                 help="Tile side in input pixels (0: whole image at once)."),
+    click.option("-t", "--tile", type=click.IntRange(0), default=None,
+                 help="Tile side in input pixels (0: whole image at once) [default: the model's, "
+                 f"{DEFAULT_TILE} for the upscalers, 512 for denoise and deblock, whose wider context would "
+                 "make small tiles mostly overlap]."),
     click.option("--tile-overlap", type=click.IntRange(0), default=None,
                  help="Context pixels around each tile [default: the model's receptive "
                  "radius, which makes a tiled result equal the untiled one within 1/255]."),
@@ -266,7 +268,8 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, png_level, 
     opts = Options(output=output, output_is_dir=out_is_dir,
                    suffix=default_suffix if suffix is None else suffix, dir_suffix=suffix or "",
                    format=fmt, quality=quality, png_level=png_level,
-                   tile=tile or None, overlap=tile_overlap, overwrite=overwrite,
+                   tile=(getattr(restorer, "default_tile", DEFAULT_TILE) if tile is None else tile) or None,
+                   overlap=tile_overlap, overwrite=overwrite,
                    max_pixels=max_pixels, max_output_pixels=max_output_pixels, debug=debug)
     try:
         check_names(jobs, opts)  # over the whole list: every shard refuses the same batch
@@ -927,7 +930,7 @@ def _restore_train_command(name: str) -> None:
     @click.option("--steps", type=click.IntRange(1), default=6000, show_default=True)
     @click.option("--batch", type=click.IntRange(1), default=16, show_default=True)
     @click.option("--patch", type=click.IntRange(8), default=64, show_default=True, help="Crop side (even).")
-    @click.option("--lr", type=float, default=1e-3, show_default=True)
+    @click.option("--lr", type=float, default=2e-3, show_default=True)
     @click.option("--eval-every", type=click.IntRange(1), default=1000, show_default=True)
     @click.option("--snapshots", is_flag=True,
                   help="Keep OUTPUT.stepN.safetensors at every --eval-every step, to choose from on the hold-out.")

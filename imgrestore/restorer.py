@@ -77,6 +77,7 @@ class Restorer:
         self.scale = wf.scale
         self.radius = spec.receptive_radius(wf.config)
         self.size_multiple = spec.size_multiple
+        self.default_tile = spec.tile  # the command's tile side when --tile is not given
         # channels_last: small-channel 3x3 convs run faster on the CPU in it
         # (measured in weights/MODEL_CARD.md)
         self.memory_format = torch.channels_last

@@ -14,6 +14,8 @@ from typing import Callable
 
 from torch import nn
 
+from ..defaults import DEFAULT_TILE
+
 
 @dataclass
 class Group:
@@ -51,6 +53,7 @@ class ArchSpec:
     receptive_radius: Callable[[dict], int]
     size_multiple: int = 1  # input sides must be a multiple of this
     tile_safe: bool = True  # a tiled run equals the untiled one; else the image runs whole
+    tile: int = DEFAULT_TILE  # the command's default tile side (input pixels)
     # model -> its prunable channel groups (None: not prunable). May fold the
     # model first: the groups describe the form that runs.
     channel_groups: Callable[[nn.Module], ChannelGroups] | None = None

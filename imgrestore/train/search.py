@@ -137,7 +137,7 @@ def search(task_name: str, images: list, *, channels: int, cells: int, layers: i
 
 
 def run_search(task_name: str, data: list[str], out: Path, *, channels: int = 32, cells: int = 4, layers: int = 2,
-               steps: int = 600, patch: int = 48, batch: int = 8, lr: float = 1e-3, arch_lr: float = 3e-3,
+               steps: int = 600, patch: int = 48, batch: int = 8, lr: float = 2e-3, arch_lr: float = 3e-3,
                warmup: float = 0.25, compare_steps: int = 400, compare_batch: int = 16, compare_patch: int = 64,
                holdout: float = HOLDOUT, seed: int = 0, log=print) -> dict:
     """Search, then train the derived network and the same-size hand-picked
