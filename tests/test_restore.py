@@ -134,12 +134,12 @@ def test_rebuilt_from_its_file_equals_the_trained_model(tmp_path):
 
 def test_pairs_degrade_as_the_benchmark_does():
     images = [smooth_image(64, 64, seed=i) for i in range(2)]
-    x, level, y = denoise.pairs(images, 32, seed=0, gray_share=0.5).batch(8)
+    x, level, y = denoise.TASK.pairs(images, 32, seed=0, gray_share=0.5).batch(8)
     assert x.shape == y.shape == (8, 3, 32, 32) and level.shape == (8,)
     assert ((level == -1) | ((level >= 0) & (level <= 1.1))).all()
     err = (x - y).abs().mean(dim=(1, 2, 3))
     assert (err > 0).any()
-    x, level, y = deblock.pairs(images, 32, seed=0).batch(4)
+    x, level, y = deblock.TASK.pairs(images, 32, seed=0).batch(4)
     assert ((level == -1) | ((level >= 0.1 - 1e-6) & (level <= 0.9))).all()
     # gray crops stay gray through the degradation
     gray = np.repeat(smooth_image(32, 32)[..., :1], 3, axis=2)

@@ -18,9 +18,8 @@ import click
 import numpy as np
 
 from ..io import Picture
-from .base import Task
 from .denoise import is_gray
-from .restore import Degradation, LevelPairs, LevelRestorer, evaluate_with, gmacs_per_mp, timing_input
+from .restore import Degradation, LevelRestorer, level_task
 
 QUALITY_RANGE = (10.0, 90.0)
 
@@ -72,11 +71,8 @@ class DeblockRestorer(LevelRestorer):
         return [BLIND_NOTE] if self.hint is None and pic.jpeg_quality is None else []
 
 
-def pairs(images, patch: int, seed: int = 0, **kw) -> LevelPairs:
-    return LevelPairs(images, DEGRADATION, patch, seed=seed, **kw)
-
-
-TASK = Task(
+TASK = level_task(
+    DEGRADATION,
     name="deblock",
     noun="a deblocker",
     help="Remove JPEG blocking and ringing (blind over quality 10-90; the quality of a JPEG input is read "
@@ -89,10 +85,4 @@ TASK = Task(
                                "Default: read from a JPEG input's quantization tables, else blind."),),
     default_model=lambda values: "deblock",
     settings=lambda values, max_pixels: {"jpeg_quality": values.get("jpeg_quality")},
-    pairs=pairs,
-    evaluate=evaluate_with(DEGRADATION),
-    timing_input=timing_input,
-    cost=gmacs_per_mp,
-    cost_key="gmacs_per_mp",
-    cost_unit="per MP",
 )

@@ -17,8 +17,7 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from .base import Task
-from .restore import Degradation, LevelPairs, LevelRestorer, evaluate_with, gmacs_per_mp, timing_input
+from .restore import Degradation, LevelRestorer, level_task
 
 SIGMA_RANGE = (0.0, 55.0)  # training range; the command's promise is 0-50
 NLM_H = 0.55  # h = hColor = NLM_H * sigma: the best of a sweep on BSD photos (issue #21)
@@ -73,11 +72,8 @@ class DenoiseRestorer(LevelRestorer):
         super().__init__(*args, hint=sigma)
 
 
-def pairs(images, patch: int, seed: int = 0, **kw) -> LevelPairs:
-    return LevelPairs(images, DEGRADATION, patch, seed=seed, **kw)
-
-
-TASK = Task(
+TASK = level_task(
+    DEGRADATION,
     name="denoise",
     noun="a denoiser",
     help="Remove noise from photos, colour or gray (blind over sigma 0-50; --sigma is an optional hint).",
@@ -89,10 +85,4 @@ TASK = Task(
                                "Default: blind, the network judges the noise itself."),),
     default_model=lambda values: "denoise",
     settings=lambda values, max_pixels: {"sigma": values.get("sigma")},
-    pairs=pairs,
-    evaluate=evaluate_with(DEGRADATION),
-    timing_input=timing_input,
-    cost=gmacs_per_mp,
-    cost_key="gmacs_per_mp",
-    cost_unit="per MP",
 )

@@ -21,6 +21,7 @@ import numpy as np
 from ..defaults import DEFAULT_TILE
 from ..io import Picture
 from ..restorer import Restorer
+from .base import Task
 from .upscale import augment
 
 
@@ -253,3 +254,14 @@ def gmacs_per_mp(model, scale: int) -> float:
 
     x = timing_input()
     return count_macs(model.eval(), x) / (x.shape[2] * x.shape[3]) * 1e6 / 1e9
+
+
+def level_task(d: Degradation, **fields) -> Task:
+    """The `Task` record of a level task (denoise, deblock): `fields` are
+    its own (name, restorer, options...); pairs, evaluation and cost are
+    the ones they share, made for `d`."""
+    def pairs(images, patch: int, seed: int = 0, **kw) -> LevelPairs:
+        return LevelPairs(images, d, patch, seed=seed, **kw)
+
+    return Task(pairs=pairs, evaluate=evaluate_with(d), timing_input=timing_input, cost=gmacs_per_mp,
+                cost_key="gmacs_per_mp", cost_unit="per MP", **fields)
