@@ -97,6 +97,20 @@ def test_search_derives_a_valid_architecture(tmp_path):
         map(id, sup.weight_parameters()))
 
 
+def test_skips_are_capped_per_cell():
+    from imgrestore.train.search import OP_NAMES, SearchCell
+
+    cell = SearchCell(4, layers=3)
+    with torch.no_grad():
+        cell.alpha.zero_()
+        cell.alpha[:, OP_NAMES.index("skip")] = torch.tensor([3.0, 2.0, 1.0])
+        cell.alpha[1, OP_NAMES.index("sep3")] = 0.5
+    assert cell.genotype()["ops"] == ["skip"] * 3
+    capped = cell.genotype(max_skips=1)["ops"]
+    assert capped[0] == "skip" and capped[1] == "sep3" and capped[2] != "skip"
+    assert cell.genotype(max_skips=0)["ops"].count("skip") == 0
+
+
 def test_search_command_writes_the_derived_network_and_the_comparison(cli, tmp_path):
     data = photos(tmp_path, n=8, side=72)
     out = tmp_path / "search.safetensors"

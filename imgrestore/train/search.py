@@ -8,7 +8,9 @@ The supernet has every candidate at once: a layer's output is the softmax
 wirings. Weights and architecture parameters are updated in turn (first-order
 DARTS): a weight step on one half of the training photos, an architecture
 step on the other half, after a warm-up of weight steps alone. The derived
-genotype takes the strongest choice everywhere; it is data (`JSNet`'s config).
+genotype takes the strongest choice everywhere, keeping at most `max_skips`
+winning skips per module (P-DARTS: the search drifts to parameter-free
+operations while the weights are young); it is data (`JSNet`'s config).
 
 `run_search` then trains the derived network and the hand-picked cell of the
 same size (width matched to the parameter count) the same way, from the same
@@ -59,9 +61,20 @@ class SearchCell(nn.Module):
         g, c = self.gamma.softmax(-1), self.beta.softmax(-1)
         return c[0] * (x + self.attend(b, g)) + c[1] * self.attend(x + b, g)
 
-    def genotype(self) -> dict:
-        return {"ops": [OP_NAMES[int(i)] for i in self.alpha.argmax(-1)],
-                "attention": ATT_NAMES[int(self.gamma.argmax())], "connect": CONNECTS[int(self.beta.argmax())]}
+    def genotype(self, max_skips: int | None = None) -> dict:
+        """The strongest choice everywhere; with `max_skips`, at most that
+        many layers keep a winning skip (those where it won by most), the
+        others take their strongest operation with parameters (P-DARTS'
+        cure for the search's drift to parameter-free operations)."""
+        w = self.alpha.detach().softmax(-1)
+        ops = [OP_NAMES[int(i)] for i in w.argmax(-1)]
+        if max_skips is not None:
+            skip, params = OP_NAMES.index("skip"), [i for i, o in enumerate(OP_NAMES) if o != "skip"]
+            won = sorted((i for i, o in enumerate(ops) if o == "skip"), key=lambda i: -float(w[i, skip]))
+            for i in won[max_skips:]:
+                ops[i] = OP_NAMES[params[int(w[i, params].argmax())]]
+        return {"ops": ops, "attention": ATT_NAMES[int(self.gamma.argmax())],
+                "connect": CONNECTS[int(self.beta.argmax())]}
 
     def weights(self) -> dict:
         """The softmax of each choice, for the report."""
@@ -82,8 +95,8 @@ class SuperNet(FeatureNet):
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
-    def genotype(self) -> list[dict]:
-        return [c.genotype() for c in self.cells]
+    def genotype(self, max_skips: int | None = None) -> list[dict]:
+        return [c.genotype(max_skips) for c in self.cells]
 
 
 def count(config: dict) -> int:
@@ -97,7 +110,8 @@ def matched_width(cells: list[dict], target: int, task: str) -> int:
 
 
 def search(task_name: str, images: list, *, channels: int, cells: int, layers: int, steps: int, patch: int,
-           batch: int, lr: float, arch_lr: float, warmup: float, seed: int, log=print) -> tuple[list[dict], dict]:
+           batch: int, lr: float, arch_lr: float, warmup: float, seed: int, max_skips: int | None = 1,
+           log=print) -> tuple[list[dict], dict]:
     """The differentiable search on `images` -> (genotype, report)."""
     torch.manual_seed(seed)
     task = get(task_name)
@@ -128,8 +142,9 @@ def search(task_name: str, images: list, *, channels: int, cells: int, layers: i
             log(f"search step {step + 1}/{steps} loss {running / ((step % 50) + 1):.5f} "
                 f"{(time.time() - t0) / (step + 1):.2f}s/step  {describe(g)}")
             running = 0.0
-    genotype = net.genotype()
-    report = dict(steps=steps, warmup_steps=start, channels=channels, cells=cells, layers=layers, patch=patch,
+    genotype = net.genotype(max_skips)
+    report = dict(steps=steps, warmup_steps=start, max_skips_per_cell=max_skips,
+                  strongest=describe(net.genotype()), channels=channels, cells=cells, layers=layers, patch=patch,
                   batch=batch, lr=lr, arch_lr=arch_lr, minutes=round((time.time() - t0) / 60, 1),
                   genotype=describe(genotype), weights=[c.weights() for c in net.cells],
                   history=history[-6:])
@@ -138,7 +153,7 @@ def search(task_name: str, images: list, *, channels: int, cells: int, layers: i
 
 def run_search(task_name: str, data: list[str], out: Path, *, channels: int = 32, cells: int = 4, layers: int = 2,
                steps: int = 600, patch: int = 48, batch: int = 8, lr: float = 2e-3, arch_lr: float = 3e-3,
-               warmup: float = 0.25, compare_steps: int = 400, compare_batch: int = 16, compare_patch: int = 64,
+               warmup: float = 0.5, max_skips: int | None = 1, compare_steps: int = 400, compare_batch: int = 16, compare_patch: int = 64,
                holdout: float = HOLDOUT, seed: int = 0, log=print) -> dict:
     """Search, then train the derived network and the same-size hand-picked
     one `compare_steps` each, the same way; writes the derived network to
@@ -147,7 +162,8 @@ def run_search(task_name: str, data: list[str], out: Path, *, channels: int = 32
     task = get(task_name)
     images, held = training_data(data, holdout, max(patch, compare_patch), log)
     genotype, report = search(task_name, images, channels=channels, cells=cells, layers=layers, steps=steps,
-                              patch=patch, batch=batch, lr=lr, arch_lr=arch_lr, warmup=warmup, seed=seed, log=log)
+                              patch=patch, batch=batch, lr=lr, arch_lr=arch_lr, warmup=warmup, seed=seed,
+                              max_skips=max_skips, log=log)
     log(f"derived: {describe(genotype)}")
     derived = dict(JSNetConfig(task=task_name, channels=channels, cells=genotype).__dict__)
     reference_cells = hand_picked(cells, layers)
