@@ -970,13 +970,15 @@ for _name in ("denoise", "deblock"):
 @click.option("--compare-steps", type=click.IntRange(1), default=400, show_default=True,
               help="Training steps of the derived and of the same-size hand-picked network, compared on the "
                    "hold-out.")
+@click.option("--arch-lr", type=float, default=3e-3, show_default=True,
+              help="Adam learning rate of the architecture parameters.")
 @click.option("--warmup", type=click.FloatRange(0, 0.95), default=0.5, show_default=True,
               help="Fraction of the search steps that train the weights alone before architecture steps begin.")
 @click.option("--max-skips", type=click.IntRange(0), default=1, show_default=True,
               help="Skips a module may keep: where more won, the others take their strongest operation with "
                    "parameters (P-DARTS; the search drifts to parameter-free operations early in training).")
 def train_search(task_name, data, channels, cells, layers, holdout, threads, seed, output, steps, batch, patch,
-                 compare_steps, warmup, max_skips):
+                 compare_steps, arch_lr, warmup, max_skips):
     """Search the operations and attention of each joint search module
     (differentiable, alternating weight and architecture steps); train the
     derived network and the hand-picked cell of the same size the same way
@@ -990,7 +992,7 @@ def train_search(task_name, data, channels, cells, layers, holdout, threads, see
     try:
         run_search(task_name, list(data), Path(output), channels=channels, cells=cells, layers=layers, steps=steps,
                    patch=patch, batch=batch, compare_steps=compare_steps, holdout=holdout, seed=seed,
-                   warmup=warmup, max_skips=max_skips, log=lambda m: click.echo(m, err=True))
+                   arch_lr=arch_lr, warmup=warmup, max_skips=max_skips, log=lambda m: click.echo(m, err=True))
     except ValueError as e:
         _fail_usage(str(e))
 
