@@ -135,7 +135,7 @@ def bench_restore(restorer, folders: list[str], settings: list[float], threads: 
     quality) next to the task's baseline from the same run, for the blind
     network (what the command does without a hint), with the hint, and on
     the gray versions of the photos; then speed next to the baseline's."""
-    from .tasks.restore import eval_levels
+    from .tasks.restore import eval_levels, load_clean
 
     d = restorer.degradation
     variants = [("colour, blind", None, False)]
@@ -165,6 +165,14 @@ def bench_restore(restorer, folders: list[str], settings: list[float], threads: 
             sec = time_call(fn, repeat=2)
             rows.append({"test": f"{size}x{size} ({mp:.1f} MP)", "method": method, "seconds": sec,
                          "mp_per_s": mp / sec})
+        for folder in folders:
+            imgs = [d.apply(load_clean(p), s, np.random.default_rng(0)) for p in list_images([folder])]
+            mp = sum(a.shape[0] * a.shape[1] for a in imgs) / 1e6
+            for method, fn in ((f"imgrestore {restorer.name}", lambda: [blind.run_pixels(a) for a in imgs]),
+                               (f"{d.baseline_name} at {d.unit} {s:g}", lambda: [d.baseline(a, s) for a in imgs])):
+                sec = time_call(fn, repeat=2)
+                rows.append({"test": f"folder {Path(folder).name} ({len(imgs)} images)", "method": method,
+                             "seconds": sec, "mp_per_s": mp / sec})
     return {"model": restorer.name, "task": restorer.task, "params": count_params(restorer.model),
             "threads": threads, "torch": torch.__version__, "baseline": d.baseline_name, "score": d.score_name,
             "quality": quality, "speed": rows}

@@ -48,6 +48,10 @@ SHIPPED: dict[str, ShippedModel] = {
         ShippedModel("upscale-x4", "upscale-x4.safetensors", "upscale", 4, "fast x4 (ECBSR)"),
         ShippedModel("colorize", "colorize.safetensors", "colorize", 1,
                      "U-Net decoder on a frozen EfficientNet-Lite0 (its own file), fused global vector"),
+        ShippedModel("denoise", "denoise.safetensors", "denoise", 1,
+                     "blind denoiser, colour and gray, sigma 0-50 (JSNet family, half resolution)"),
+        ShippedModel("deblock", "deblock.safetensors", "deblock", 1,
+                     "JPEG deblocker, quality 10-90 read from the file (JSNet family, half resolution)"),
     ]
 }
 

@@ -254,5 +254,10 @@ def test_bench_command(cli, tmp_path, task, flag, values, tiny_model):
         for k, m in q.items():
             if k != "images":
                 assert np.isfinite(m["psnr"]) and m["gain_db"] == pytest.approx(m["psnr"] - m["psnr_baseline"], abs=1e-3)
+    code, out, err = cli("bench", task, "--model", tiny_model(task), flag, values, "--size", 32, "--no-gray",
+                         "--no-hint", "--threads", 1, "--json", data)
+    assert code == 0, err
+    speed = json.loads(out)["speed"]
+    assert len(speed) == 5 and all(r["mp_per_s"] > 0 for r in speed)  # large image x 3, folder x 2
     code, _, err = cli("bench", task, "--model", tiny_model(task), flag, "ten", data)
     assert code == 2
