@@ -52,12 +52,13 @@ def test_tiled_equals_untiled_at_odd_sizes(tiny_denoise):
 
 def test_hint_reaches_the_network(tiny_denoise):
     model = load(tiny_denoise, device="cpu").model
-    x = torch.rand(1, 3, 8, 8)
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         blind, low, high = model(x), model(x, 0.1), model(x, 0.9)
         batch = model(torch.cat([x, x]), torch.tensor([0.1, -1.0]))
     assert not torch.equal(low, high) and not torch.equal(blind, low)
-    assert torch.allclose(batch[0], low[0]) and torch.allclose(batch[1], blind[0])  # -1: blind for that image
+    # -1: blind for that image (a batch and single images round differently: 1e-5)
+    assert torch.allclose(batch[0], low[0], atol=1e-5) and torch.allclose(batch[1], blind[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("cell", [{"ops": [], "attention": "none", "connect": "body"},
