@@ -931,11 +931,13 @@ def _restore_train_command(name: str) -> None:
     @click.option("--batch", type=click.IntRange(1), default=16, show_default=True)
     @click.option("--patch", type=click.IntRange(8), default=64, show_default=True, help="Crop side (even).")
     @click.option("--lr", type=float, default=2e-3, show_default=True)
+    @click.option("--loss", type=click.Choice(["l1", "l2"]), default="l1", show_default=True,
+                  help="l2 (mean squared error) for deblocking: L1 drove its small corrections to zero.")
     @click.option("--eval-every", type=click.IntRange(1), default=1000, show_default=True)
     @click.option("--snapshots", is_flag=True,
                   help="Keep OUTPUT.stepN.safetensors at every --eval-every step, to choose from on the hold-out.")
     def command(data, channels, cells, layers, holdout, threads, seed, output, arch_from, init, val, steps, batch,
-                patch, lr, eval_every, snapshots):
+                patch, lr, loss, eval_every, snapshots):
         from .train.loop import TrainOptions, train as run_train
         from .train.restore import make_task
 
@@ -949,7 +951,7 @@ def _restore_train_command(name: str) -> None:
         try:
             task = make_task(name, list(data), arch_from=Path(arch_from) if arch_from else None, channels=channels,
                              cells=cells, layers=layers, patch=patch, batch=batch, holdout=holdout, val=list(val),
-                             init=Path(init) if init else None, seed=seed, log=log)
+                             init=Path(init) if init else None, loss=loss, seed=seed, log=log)
         except ValueError as e:
             _fail_usage(str(e))
         run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log,

@@ -137,14 +137,14 @@ def test_rebuilt_from_its_file_equals_the_trained_model(tmp_path):
 
     data = photos(tmp_path, n=4)
     task = make_task("deblock", [str(data)], channels=4, cells=1, layers=1, patch=16, batch=2, holdout=0.0,
-                     log=lambda m: None)
+                     loss="l2", log=lambda m: None)
     out = tmp_path / "m.safetensors"
     train(task, TrainOptions(steps=3, out=out, warmup=1, log=lambda m: None))
     again = registry.build_from_weights(weights.read(out)).eval()
     x = torch.rand(1, 3, 16, 20)
     with torch.no_grad():
         assert torch.equal(task.model.eval()(x, 0.3), again(x, 0.3))
-    assert weights.read(out).provenance["steps"] == 3
+    assert weights.read(out).provenance["steps"] == 3 and weights.read(out).provenance["loss"] == "L2"
 
 
 def test_pairs_degrade_as_the_benchmark_does():

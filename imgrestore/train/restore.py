@@ -15,7 +15,7 @@ from ..io import list_images
 from ..models.restore import JSNet, JSNetConfig, describe, hand_picked
 from ..tasks import get
 from ..tasks.base import checkpoint_sampler
-from ..tasks.restore import l1_loss
+from ..tasks.restore import LOSSES
 from ..tasks.upscale import load_rgb
 from .loop import TrainTask, init_from, split_holdout
 
@@ -63,7 +63,8 @@ def evaluator(task_name: str, held: list[Path], val: list[str] | None):
 
 def make_task(task_name: str, data: list[str], *, arch_from: Path | None = None, channels: int = 32,
               cells: int = 4, layers: int = 2, patch: int = 64, batch: int = 16, holdout: float = HOLDOUT,
-              val: list[str] | None = None, init: Path | None = None, seed: int = 0, log=print) -> TrainTask:
+              val: list[str] | None = None, init: Path | None = None, loss: str = "l1", seed: int = 0,
+              log=print) -> TrainTask:
     torch.manual_seed(seed)
     task = get(task_name)
     config = architecture(task_name, arch_from or init, channels, cells, layers)
@@ -77,7 +78,7 @@ def make_task(task_name: str, data: list[str], *, arch_from: Path | None = None,
     evaluate = evaluator(task_name, held, val)
     d = task.restorer.degradation
     return TrainTask(
-        arch="jsnet", task=task_name, scale=1, model=model, config=config, batch=sample, loss=l1_loss,
+        arch="jsnet", task=task_name, scale=1, model=model, config=config, batch=sample, loss=LOSSES[loss],
         evaluate=evaluate, quick_eval=lambda m: evaluate(m, quick=True),
         provenance=dict(
             data=[Path(x).name for x in data], images=len(images), patch=patch, batch=batch,
@@ -86,6 +87,6 @@ def make_task(task_name: str, data: list[str], *, arch_from: Path | None = None,
             holdout=dict(fraction=holdout, images=len(held), crop=HOLDOUT_CROP,
                          rule="crc32(file name) % 10000 < fraction * 10000"),
             architecture=describe(config["cells"]), arch_from=Path(arch_from).name if arch_from else None,
-            loss="L1", optimizer="Adam(0.9, 0.99) cosine", init=Path(init).name if init else None, seed=seed,
+            loss=loss.upper(), optimizer="Adam(0.9, 0.99) cosine", init=Path(init).name if init else None, seed=seed,
         ),
     )
