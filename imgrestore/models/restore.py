@@ -208,12 +208,19 @@ class FeatureNet(nn.Module):
             hint[:, 0] = (lv.clamp(min=0) * known).reshape(-1, 1, 1).expand(b, h, w)
             hint[:, 1] = known.reshape(-1, 1, 1).expand(b, h, w)
         f = self.head(torch.cat([z, hint], 1))
-        feats = [f]
-        for cell in self.cells:
-            f = cell(f)
-            feats.append(f)
-        if self.fusion is not None:
-            f = self.fusion(torch.cat(feats, 1))
+        if self.fusion is None:
+            for cell in self.cells:
+                f = cell(f)
+        else:
+            # the fusion's 1x1 convolution over [head, cell 1 .. cell N] side
+            # by side, summed depth by depth as each is made (the same
+            # function, without holding and concatenating every depth)
+            conv, c = self.fusion[0], f.shape[1]
+            acc = F.conv2d(f, conv.weight[:, :c], conv.bias)
+            for i, cell in enumerate(self.cells, 1):
+                f = cell(f)
+                acc = acc + F.conv2d(f, conv.weight[:, i * c:(i + 1) * c])
+            f = self.fusion[1](acc)
         y = F.pixel_shuffle(self.tail(f) + z, 2)
         if not self.training:
             y = y.clamp(0.0, 1.0)
