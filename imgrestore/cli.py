@@ -641,6 +641,68 @@ def bench_upscale(x2, x3, x4, scale, model, threads, size, speed, as_json, folde
         _print_bench(report)
 
 
+def _dims(text: str, parts: int, what: str) -> tuple[int, ...]:
+    m = re.fullmatch(r"\s*" + r"\s*[xX]\s*".join([r"(\d+)"] * parts) + r"\s*", str(text))
+    if not m or not all(int(v) > 0 for v in m.groups()):
+        raise click.BadParameter(f"{text!r} is not {what}")
+    return tuple(int(v) for v in m.groups())
+
+
+def _choices(text: str, allowed: tuple[str, ...], option: str) -> list[str]:
+    picked = [v.strip().lower().replace("jpeg", "jpg") for v in str(text).split(",") if v.strip()]
+    bad = [v for v in picked if v not in allowed]
+    if bad or not picked:
+        raise click.BadParameter(f"{text!r}: choose from {', '.join(allowed)} (comma-separated)", param_hint=option)
+    return list(dict.fromkeys(picked))
+
+
+@bench.command("whole")
+@options(SCALE_OPTIONS)
+@click.option("--model", help="Model name or path [default: upscale-xN].")
+@click.option("--backend", "backends", default="torch", show_default=True,
+              help="Backends to time, comma-separated: torch.")
+@click.option("--format", "formats", default="png,jpg", show_default=True,
+              help="Output formats to time, comma-separated: png, jpg.")
+@click.option("--size", default="2000x1500", show_default=True, help="The large input, WxH.")
+@click.option("--folder", default="16x320x240", show_default=True,
+              help="The folder of small inputs, NxWxH (none: no folder).")
+@click.option("--photo", type=click.Path(exists=True, dir_okay=False),
+              help="Make the inputs from this photo (default: generated photo-like images).")
+@click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--repeat", type=click.IntRange(1), default=3, show_default=True, help="Best of this many runs.")
+@click.option("--json", "as_json", is_flag=True)
+def bench_whole_cmd(x2, x3, x4, scale, model, backends, formats, size, folder, photo, threads, repeat, as_json):
+    """Whole-command speed: `imgrestore upscale` run as a subprocess on a
+    large image and on a folder of small ones, in output megapixels per
+    second (best of --repeat), next to a whole-process Pillow bicubic resize
+    and the network alone, measured in the same run."""
+    from .wholebench import bench_whole
+
+    own = TASKS["upscale"].parse(dict(x2=x2, x3=x3, x4=x4, scale=scale))
+    size_wh = _dims(size, 2, "WxH (e.g. 2000x1500)")
+    folder_nwh = None if folder.strip().lower() == "none" else _dims(folder, 3, "NxWxH (e.g. 16x320x240)")
+    _setup_torch(threads)
+    report = bench_whole(own["scale"] or 4, model, _choices(backends, ("torch",), "--backend"),
+                         _choices(formats, ("png", "jpg"), "--format"), size_wh, folder_nwh, photo, threads, repeat,
+                         log=lambda m: None if as_json else click.echo(m, err=True))
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    from rich.table import Table
+
+    con = _table_console()
+    con.print(f"x{report['scale']} {report['model']}, {report['threads']} threads, best of {report['repeat']}, "
+              f"input: {report['input']}; load average before {report['load_average']['before']}, "
+              f"after {report['load_average']['after']} ({report['cpus']} CPUs)")
+    t = Table(title="whole-command speed (output megapixels per second)")
+    for c in ("input", "format", "method", "seconds", "output MP/s", "vs bicubic"):
+        t.add_column(c)
+    for r in report["rows"]:
+        t.add_row(r["case"], r["format"], r["method"], f"{r['seconds']:.3f}", f"{r['mp_per_s']:.2f}",
+                  "-" if r["vs_bicubic"] is None else f"{r['vs_bicubic']:.2f}x")
+    con.print(t)
+
+
 @bench.command("colorize")
 @click.option("--model", default="colorize", show_default=True, help="Model name or path.")
 @RENDER_SIZE_OPTION

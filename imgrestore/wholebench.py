@@ -1,0 +1,210 @@
+"""`imgrestore bench whole`: the speed a user sees, the whole command.
+
+Each figure is a real `imgrestore upscale` run as a subprocess (start-up,
+imports, decode, tiles, network, encode, the atomic write), on a stated
+input size and output format, best of `repeat` after a warm-up run, in
+output megapixels per second. Next to it, measured in the same rounds: a
+whole-process Pillow bicubic resize of the same input to the same format
+(the reference), and the network alone in this process (tiles + network +
+quantize, no start-up or IO) for each backend. The commands are timed in
+turn in every round, so a busy moment of the machine does not land on one
+of them, and the machine's load is reported with the figures.
+
+The inputs: a photo given by path (centre-cropped to the size's aspect and
+resized), else generated photo-like images (`photo_like`): flat or noise
+images would flatter or punish the PNG encoder.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# the reference: Pillow's bicubic resize of the same file, whole process, the
+# same format written as imgrestore writes it (JPEG quality and subsampling,
+# PNG level)
+BICUBIC_SCRIPT = """
+import sys
+from pathlib import Path
+from PIL import Image
+src, dst, scale, fmt, level = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+files = sorted(Path(src).iterdir()) if Path(src).is_dir() else [Path(src)]
+for f in files:
+    im = Image.open(f).convert("RGB")
+    big = im.resize((im.width * scale, im.height * scale), Image.BICUBIC)
+    out = Path(dst) / (f.stem + "." + fmt) if Path(src).is_dir() else Path(dst)
+    if fmt == "jpg":
+        big.save(out, "JPEG", quality=95, subsampling=0, optimize=False)
+    else:
+        big.save(out, "PNG", compress_level=level)
+"""
+
+
+def photo_like(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """(h, w, 3) uint8 with a photo's statistics where an encoder looks:
+    a 1/f amplitude spectrum (smooth regions, edges at every scale),
+    correlated colour channels, and a little sensor grain."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    acc = np.zeros((h, w, 3), np.float32)
+    mix = rng.normal(0, 0.35, (3, 3)).astype(np.float32) + np.eye(3, dtype=np.float32)  # colour correlation
+    grid = 3
+    amp = 1.0
+    while grid < max(h, w) // 2:
+        gh, gw = max(2, grid * h // max(h, w)), max(2, grid * w // max(h, w))
+        coarse = rng.standard_normal((gh, gw, 3)).astype(np.float32) @ mix
+        for c in range(3):
+            acc[..., c] += amp * np.asarray(Image.fromarray(coarse[..., c], "F").resize((w, h), Image.BICUBIC))
+        grid *= 2
+        amp *= 0.5  # 1/f: each octave up, half the amplitude
+    lo, hi = np.percentile(acc, (1, 99))
+    img = (acc - lo) / (hi - lo) * 235 + 10 + rng.normal(0, 2.0, acc.shape)  # grain, sigma 2
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def photo_input(photo: str | Path, h: int, w: int) -> np.ndarray:
+    """The photo centre-cropped to w:h and resized to (h, w, 3) uint8."""
+    from PIL import Image
+
+    with Image.open(photo) as im:
+        im = im.convert("RGB")
+        s = min(im.width / w, im.height / h)
+        cw, ch = w * s, h * s
+        box = ((im.width - cw) / 2, (im.height - ch) / 2, (im.width + cw) / 2, (im.height + ch) / 2)
+        return np.asarray(im.resize((w, h), Image.LANCZOS, box=box))
+
+
+@dataclass
+class Case:
+    """One input set: a large image or a folder of small ones."""
+
+    name: str  # "2000x1500" or "folder 16 x 320x240"
+    source: Path  # a file or a folder
+    in_mp: float  # input megapixels in all
+    images: list[np.ndarray]
+
+
+def make_cases(tmp: Path, size: tuple[int, int], folder: tuple[int, int, int] | None,
+               photo: str | None) -> list[Case]:
+    """The large image (`size` = (w, h)) and the folder (`folder` = (n, w,
+    h)) as PNG files under `tmp`."""
+    from PIL import Image
+
+    def folder_images(n, fw, fh):
+        if not photo:
+            return [photo_like(fh, fw, seed=i + 1) for i in range(n)]
+        # distinct crops of the photo seen at four times the size
+        big = photo_input(photo, fh * 4, fw * 4)
+        return [np.ascontiguousarray(big[(i // 4 % 4) * fh * 3 // 4:][:fh, (i % 4) * fw * 3 // 4:][:, :fw])
+                for i in range(n)]
+
+    w, h = size
+    cases = []
+    large = tmp / f"large-{w}x{h}.png"
+    img = photo_input(photo, h, w) if photo else photo_like(h, w)
+    Image.fromarray(img).save(large, compress_level=1)
+    cases.append(Case(f"{w}x{h}", large, w * h / 1e6, [img]))
+    if folder:
+        n, fw, fh = folder
+        d = tmp / f"folder-{n}x{fw}x{fh}"
+        d.mkdir()
+        imgs = folder_images(n, fw, fh)
+        for i, a in enumerate(imgs):
+            Image.fromarray(a).save(d / f"img{i:03d}.png", compress_level=1)
+        cases.append(Case(f"folder {n} x {fw}x{fh}", d, n * fw * fh / 1e6, imgs))
+    return cases
+
+
+def _env() -> dict:
+    """The children import the same imgrestore as this process."""
+    import imgrestore
+
+    env = dict(os.environ)
+    root = str(Path(imgrestore.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _runner(argv: list[str], env: dict):
+    def run():
+        p = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed ({p.returncode}): {p.stderr.decode(errors='replace')}")
+    return run
+
+
+def upscale_argv(case: Case, out: Path, scale: int, model: str | None, backend: str, threads: int,
+                 fmt: str) -> list[str]:
+    """The imgrestore command a user would type for the case."""
+    argv = [sys.executable, "-m", "imgrestore", "upscale", f"--x{scale}", "--threads", str(threads), "-q",
+            "--overwrite", "--format", fmt]
+    if backend != "torch":
+        argv += ["--backend", backend]
+    if model:
+        argv += ["--model", model]
+    return argv + [str(case.source), "-o", str(out)]
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def bench_whole(scale: int, model: str | None, backends: list[str], formats: list[str],
+                size: tuple[int, int], folder: tuple[int, int, int] | None, photo: str | None,
+                threads: int, repeat: int, log=lambda m: None) -> dict:
+    """Rows of {case, format, method, seconds, mp_per_s, vs_bicubic}: the
+    whole command per backend and the bicubic reference per format, and
+    the network alone per backend, for each case."""
+    from .bench import best_of
+    from .io import png_level_for
+    from .tasks import load
+
+    env = _env()
+    rows = []
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="imgrestore-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        cases = make_cases(tmp, size, folder, photo)
+        for case in cases:
+            out_mp = case.in_mp * scale * scale
+            for fmt in formats:
+                folder_out = case.source.is_dir()
+                out_for = (lambda tag: tmp / f"out-{tag}" if folder_out else tmp / f"out-{tag}.{fmt}")
+                level = png_level_for(max(a.size for a in case.images) * scale * scale)
+                names, fns = [], []
+                for b in backends:
+                    names.append(f"imgrestore upscale, {b}")
+                    fns.append(_runner(upscale_argv(case, out_for(b), scale, model, b, threads, fmt), env))
+                ref_out = out_for("bicubic")
+                if folder_out:
+                    ref_out.mkdir(exist_ok=True)
+                names.append("Pillow bicubic, whole process (reference)")
+                fns.append(_runner([sys.executable, "-c", BICUBIC_SCRIPT, str(case.source), str(ref_out),
+                                    str(scale), fmt, str(level)], env))
+                log(f"timing {case.name} -> x{scale} {fmt}: {len(fns)} commands, best of {repeat}")
+                secs = best_of(fns, repeat=repeat, warmup=1)
+                ref = secs[-1]
+                for name, sec in zip(names, secs):
+                    rows.append({"case": case.name, "format": fmt, "method": name, "seconds": sec,
+                                 "mp_per_s": out_mp / sec, "vs_bicubic": ref / sec})
+            # the network alone, in this process, on the same pixels
+            for b in backends:
+                r = load(model or f"upscale-x{scale}", device="cpu")
+                sec = best_of([lambda: [r.run_pixels(a) for a in case.images]], repeat=repeat, warmup=1)[0]
+                rows.append({"case": case.name, "format": "-", "method": f"network only (tiles, in-process), {b}",
+                             "seconds": sec, "mp_per_s": out_mp / sec, "vs_bicubic": None})
+    return {"scale": scale, "model": model or f"upscale-x{scale}", "threads": threads, "repeat": repeat,
+            "input": photo or "generated photo-like images", "load_average": {"before": load_before,
+                                                                              "after": load_average()},
+            "cpus": os.cpu_count(), "rows": rows, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
