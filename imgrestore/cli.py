@@ -169,6 +169,52 @@ def _stdout_is_terminal() -> bool:
         return False  # not a real file (an in-process test runner)
 
 
+def _stderr_is_terminal() -> bool:
+    """As rich decides it: TTY_COMPATIBLE=1 or 0 overrides the check."""
+    forced = os.environ.get("TTY_COMPATIBLE", "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        return os.isatty(sys.stderr.fileno())
+    except (AttributeError, ValueError, OSError):
+        return False  # not a real file (an in-process test runner)
+
+
+class _NoProgress:
+    """What the batch loop calls on a progress display, when none is shown."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *args, **kwargs) -> int:
+        return 0
+
+    def update(self, *args, **kwargs) -> None:
+        pass
+
+    def refresh(self) -> None:
+        pass
+
+
+def _progress(show: bool):
+    """(progress display, say(line) on stderr). rich (a fifth of a second to
+    import) only where its live display is shown: stderr a terminal, no
+    --quiet; elsewhere plain lines."""
+    if not show:
+        return _NoProgress(), lambda line: click.echo(line, err=True)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
+                        console=err, transient=True)
+    return progress, lambda line: progress.console.print(line, markup=False)
+
+
 def _output_is_folder(output: str | None) -> bool:
     """-o NAME is a file when NAME has an image extension (and is not an
     existing folder or written with a trailing slash), else a folder."""
@@ -220,9 +266,6 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, png_level, 
                overwrite, shard, max_pixels, max_output_pixels, quiet, as_json, debug, default_suffix):
     """Find inputs, run the pipeline, render progress and per-file lines,
     return the exit status."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from .pipeline import Options, run
 
     from .errors import NameCollision
@@ -278,19 +321,16 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, png_level, 
         if not jobs:
             return 0  # an empty slice is not an error
 
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    show_progress = not quiet and err.is_terminal
+    show_progress = not quiet and _stderr_is_terminal()
+    progress, say = _progress(show_progress)
     if not quiet:
         for note in [*notes, *restorer.notes]:
-            err.print(f"note: {note}", markup=False)
+            say(f"note: {note}")
     counts = {"done": 0, "skipped": 0, "failed": 0}
     finished = 0  # skipped because the output exists: said once, with the count
     batch_notes: dict[str, list[str]] = {}  # note -> inputs, said once at the end
     out_pixels = 0
     t0 = time.perf_counter()
-    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
-                        console=err, transient=True, disable=not show_progress)
     with progress:
         files_task = progress.add_task(_short(jobs[0].name), total=len(jobs), rate="")
         tiles_task = progress.add_task("tiles", total=1, visible=False, rate="")
@@ -311,17 +351,14 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, png_level, 
                             rate=f"{counts['done'] / elapsed:.2f} img/s {out_pixels / 1e6 / elapsed:.2f} MP/s")
             progress.update(tiles_task, visible=False)
             if res.status == "failed":
-                progress.console.print(f"error: {imgio.shown(res.input)}: {imgio.shown(res.reason)}",
-                                       markup=False)
+                say(f"error: {imgio.shown(res.input)}: {imgio.shown(res.reason)}")
             elif res.status == "skipped" and res.reason and res.reason.startswith("output exists"):
                 finished += 1
             elif res.status == "skipped" and not quiet:
-                progress.console.print(f"skipped: {imgio.shown(res.input)}: {imgio.shown(res.reason)}",
-                                       markup=False)
+                say(f"skipped: {imgio.shown(res.input)}: {imgio.shown(res.reason)}")
             if not quiet:
                 for note in res.notes:
-                    progress.console.print(f"note: {imgio.shown(res.input)}: {imgio.shown(note)}",
-                                           markup=False)
+                    say(f"note: {imgio.shown(res.input)}: {imgio.shown(note)}")
                 for note in res.batch_notes:
                     batch_notes.setdefault(note, []).append(res.input)
             if as_json:
@@ -330,16 +367,16 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, png_level, 
                 progress.refresh()
     if not quiet:
         if finished:
-            err.print(f"skipped {finished} finished output{'s' * (finished > 1)} (they exist; --overwrite "
-                      "redoes them)", markup=False)
+            say(f"skipped {finished} finished output{'s' * (finished > 1)} (they exist; --overwrite "
+                "redoes them)")
         for note, names in batch_notes.items():
             who = imgio.shown(names[0]) if len(names) == 1 else f"{len(names)} inputs"
-            err.print(f"note: {who}: {note}", markup=False)
+            say(f"note: {who}: {note}")
         seconds = time.perf_counter() - t0
         rate = (f" ({counts['done'] / seconds:.2f} images/s, {out_pixels / 1e6 / seconds:.2f} output MP/s)"
                 if counts["done"] else "")
-        err.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
-                  f"in {_duration(seconds)}{rate}", markup=False)
+        say(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
+            f"in {_duration(seconds)}{rate}")
     return 1 if counts["failed"] else 0
 
 

@@ -40,3 +40,40 @@ def test_bench_whole_refuses_bad_sizes(cli):
     assert code == 2 and "WxH" in err
     code, _, err = cli("bench", "whole", "--format", "gif")
     assert code == 2 and "png, jpg" in err
+
+
+# ---------------------------------------------------------------- start-up
+
+MODULES_AT_EXIT = """
+import atexit, sys
+listing = sys.argv.pop(1)
+atexit.register(lambda: print(" ".join(sorted(sys.modules)), file=open(listing, "w")))
+from imgrestore.cli import main
+sys.argv[0] = "imgrestore"
+main()
+"""
+
+
+def modules_used(tmp_path, *args) -> set[str]:
+    """The modules a whole `imgrestore` command imported, run in a
+    subprocess (what a user's command costs at start-up)."""
+    import subprocess
+    import sys
+
+    listing = tmp_path / "modules.txt"
+    p = subprocess.run([sys.executable, "-c", MODULES_AT_EXIT, str(listing), *map(str, args)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return set(listing.read_text().split())
+
+
+def test_a_quiet_torch_upscale_imports_no_compiler_and_no_rich(tmp_path, tiny_x2):
+    from PIL import Image
+
+    Image.fromarray(photo_like(20, 24)).save(tmp_path / "a.png")
+    mods = modules_used(tmp_path, "upscale", "--model", tiny_x2, "-q", tmp_path / "a.png", "-o", tmp_path / "b.jpg")
+    assert (tmp_path / "b.jpg").is_file()
+    assert "torch" in mods
+    # the shape check on the meta device once pulled in torch's compiler (1.3 s)
+    assert "torch._dynamo" not in mods
+    assert not any(m == "rich" or m.startswith("rich.") for m in mods)
