@@ -200,7 +200,7 @@ def bench_whole(scale: int, model: str | None, backends: list[str], formats: lis
                                  "mp_per_s": out_mp / sec, "vs_bicubic": ref / sec})
             # the network alone, in this process, on the same pixels
             for b in backends:
-                r = load(model or f"upscale-x{scale}", device="cpu")
+                r = load(model or f"upscale-x{scale}", device="cpu", backend=b, threads=threads)
                 sec = best_of([lambda: [r.run_pixels(a) for a in case.images]], repeat=repeat, warmup=1)[0]
                 rows.append({"case": case.name, "format": "-", "method": f"network only (tiles, in-process), {b}",
                              "seconds": sec, "mp_per_s": out_mp / sec, "vs_bicubic": None})

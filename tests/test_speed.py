@@ -3,10 +3,18 @@ imports, the torch-free onnx backend."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import subprocess
+import sys
 
 import numpy as np
+import pytest
+from PIL import Image
 
+from imgrestore import catalog
+from imgrestore.tasks import TASKS, load
 from imgrestore.wholebench import photo_like
 
 
@@ -57,9 +65,6 @@ main()
 def modules_used(tmp_path, *args) -> set[str]:
     """The modules a whole `imgrestore` command imported, run in a
     subprocess (what a user's command costs at start-up)."""
-    import subprocess
-    import sys
-
     listing = tmp_path / "modules.txt"
     p = subprocess.run([sys.executable, "-c", MODULES_AT_EXIT, str(listing), *map(str, args)],
                        capture_output=True, text=True)
@@ -68,8 +73,6 @@ def modules_used(tmp_path, *args) -> set[str]:
 
 
 def test_a_quiet_torch_upscale_imports_no_compiler_and_no_rich(tmp_path, tiny_x2):
-    from PIL import Image
-
     Image.fromarray(photo_like(20, 24)).save(tmp_path / "a.png")
     mods = modules_used(tmp_path, "upscale", "--model", tiny_x2, "-q", tmp_path / "a.png", "-o", tmp_path / "b.jpg")
     assert (tmp_path / "b.jpg").is_file()
@@ -77,3 +80,135 @@ def test_a_quiet_torch_upscale_imports_no_compiler_and_no_rich(tmp_path, tiny_x2
     # the shape check on the meta device once pulled in torch's compiler (1.3 s)
     assert "torch._dynamo" not in mods
     assert not any(m == "rich" or m.startswith("rich.") for m in mods)
+
+
+# ---------------------------------------------------------------- the onnx backend
+
+ONNX_TASKS = [name for name, t in TASKS.items() if "onnx" in t.backends]
+SHIPPED_ONNX = [m.name for m in catalog.SHIPPED.values() if m.task in ONNX_TASKS]
+
+
+def _ort():
+    return pytest.importorskip("onnxruntime")
+
+
+def test_every_upscaler_ships_its_graph():
+    assert SHIPPED_ONNX == ["upscale-x2", "upscale-x3", "upscale-x4"]
+    for name in SHIPPED_ONNX:
+        assert catalog.resolve(name).with_suffix(".onnx").is_file(), name
+
+
+def test_shipped_graphs_equal_their_safetensors_twins():
+    import torch
+
+    """Each shipped .onnx was exported from the .safetensors next to it (the
+    SHA-256 it records) and gives the same image: network outputs within
+    1e-4, 8-bit outputs within one code value, tiled or not."""
+    _ort()
+    img = photo_like(45, 61, seed=3)
+    for name in SHIPPED_ONNX:
+        onnx_r = load(name, backend="onnx", threads=1)
+        torch_r = load(name, device="cpu")
+        src = catalog.resolve(name)
+        export = onnx_r.meta["provenance"]["export"]
+        assert export["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest(), \
+            f"{name}.onnx was not exported from today's {src.name}: run imgrestore export {name} again"
+        assert onnx_r.scale == torch_r.scale and onnx_r.radius == torch_r.radius
+        x = img[None].transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
+        with torch.inference_mode():
+            want = torch_r.model(torch.from_numpy(x)).numpy()
+        got = onnx_r.sess.run(None, {onnx_r.input_name: x})[0]
+        assert np.abs(got - want).max() < 1e-4, name
+        for tile in (None, 16):
+            a, b = onnx_r.run_pixels(img, tile=tile), torch_r.run_pixels(img, tile=tile)
+            assert a.shape == b.shape and np.abs(a.astype(int) - b).max() <= 1, (name, tile)
+
+
+def test_onnx_tiles_equal_the_whole_image():
+    _ort()
+    r = load("upscale-x3", backend="onnx", threads=1)
+    img = photo_like(37, 50, seed=4)
+    whole = r.run_pixels(img, tile=None)
+    assert whole.shape == (111, 150, 3)
+    for tile in (8, 13, 20):
+        assert np.abs(r.run_pixels(img, tile=tile).astype(int) - whole).max() <= 1, tile
+
+
+def test_onnx_backend_never_imports_torch(tmp_path):
+    _ort()
+    Image.fromarray(photo_like(20, 24)).save(tmp_path / "a.png")
+    rgba = np.dstack([photo_like(12, 10, seed=2), np.full((12, 10), 128, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "b.png")
+    mods = modules_used(tmp_path, "upscale", "--x2", "--backend", "onnx", "-q", tmp_path / "a.png",
+                        tmp_path / "b.png", "-o", tmp_path / "out")
+    with Image.open(tmp_path / "out" / "a.png") as im:
+        assert im.size == (48, 40)
+    with Image.open(tmp_path / "out" / "b.png") as im:
+        assert im.size == (20, 24) and im.mode == "RGBA"
+    assert "onnxruntime" in mods
+    assert not any(m == "torch" or m.startswith("torch.") for m in mods)
+
+
+def test_onnx_backend_cli_matches_torch(cli, tmp_path):
+    _ort()
+    Image.fromarray(photo_like(30, 41, seed=5)).save(tmp_path / "a.png")
+    outs = {}
+    for backend in ("torch", "onnx"):
+        code, _, err = cli("upscale", "--x4", "--backend", backend, tmp_path / "a.png", "-o",
+                           tmp_path / f"{backend}.png", "--json", "-q")
+        assert code == 0, err
+        outs[backend] = np.asarray(Image.open(tmp_path / f"{backend}.png")).astype(int)
+    assert outs["torch"].shape == (120, 164, 3)
+    assert np.abs(outs["torch"] - outs["onnx"]).max() <= 1
+
+
+def test_onnx_backend_says_what_it_cannot_do(cli, tmp_path, tiny_x2, tiny_color):
+    _ort()
+    Image.fromarray(photo_like(16, 16)).save(tmp_path / "a.png")
+    code, _, err = cli("upscale", "--backend", "onnx", "--model", tiny_x2, tmp_path / "a.png", "-o", tmp_path / "o")
+    assert code == 2 and "has no ONNX graph" in err and "imgrestore export" in err, err
+    code, _, err = cli("colorize", "--backend", "onnx", "--model", tiny_color, tmp_path / "a.png", "-o",
+                       tmp_path / "o")
+    assert code == 2 and "--backend torch only" in err, err
+    code, _, err = cli("upscale", "--backend", "onnx", "--device", "cuda", tmp_path / "a.png", "-o", tmp_path / "o")
+    assert code == 2 and "CPU" in err, err
+
+
+def test_a_weights_files_exported_twin_runs_with_backend_onnx(cli, tmp_path, tiny_x2):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    _ort()
+    model = tmp_path / "m.safetensors"
+    shutil.copy(tiny_x2, model)
+    code, _, err = cli("export", model, "-o", tmp_path / "m.onnx")
+    assert code == 0, err
+    Image.fromarray(photo_like(19, 23)).save(tmp_path / "a.png")
+    for given in (model, tmp_path / "m.onnx"):
+        code, _, err = cli("upscale", "--backend", "onnx", "--model", given, tmp_path / "a.png", "-o",
+                           tmp_path / f"{given.suffix[1:]}.png")
+        assert code == 0, err
+    code, _, err = cli("upscale", "--model", model, tmp_path / "a.png", "-o", tmp_path / "torch.png")
+    assert code == 0, err
+    t = np.asarray(Image.open(tmp_path / "torch.png")).astype(int)
+    for name in ("safetensors", "onnx"):
+        assert np.abs(np.asarray(Image.open(tmp_path / f"{name}.png")).astype(int) - t).max() <= 1
+
+
+def test_without_onnxruntime_backend_onnx_is_a_clear_error_and_torch_works(cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import raises ImportError
+    Image.fromarray(photo_like(16, 16)).save(tmp_path / "a.png")
+    code, _, err = cli("upscale", "--x2", "--backend", "onnx", tmp_path / "a.png", "-o", tmp_path / "o.png")
+    assert code == 2 and "imgrestore[onnx]" in err and "--backend torch" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o.png").exists()
+    code, _, err = cli("upscale", "--x2", tmp_path / "a.png", "-o", tmp_path / "o.png", "-q")
+    assert code == 0 and (tmp_path / "o.png").is_file(), err
+
+
+def test_bench_whole_compares_the_backends_in_one_run(cli):
+    _ort()
+    code, out, err = cli("bench", "whole", "--x2", "--backend", "torch,onnx", "--size", "32x24", "--folder", "none",
+                         "--format", "png", "--repeat", "1", "--json")
+    assert code == 0, err
+    methods = {r["method"] for r in json.loads(out)["rows"]}
+    assert {"imgrestore upscale, torch", "imgrestore upscale, onnx", "network only (tiles, in-process), onnx",
+            "network only (tiles, in-process), torch", "Pillow bicubic, whole process (reference)"} <= methods

@@ -382,4 +382,5 @@ TASK = Task(
     cost_key="gmacs_per_output_mp",
     cost_unit="per output MP",
     net=NET,
+    backends=("torch", "onnx"),
 )
