@@ -27,9 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+REFERENCE_PNG_LEVEL = 1
+
 # the reference: Pillow's bicubic resize of the same file, whole process, the
-# same format written as imgrestore writes it (JPEG quality and subsampling,
-# PNG level)
+# same format (JPEG as imgrestore writes it: quality 95, 4:4:4; PNG at
+# Pillow's fastest compressing level, REFERENCE_PNG_LEVEL)
 BICUBIC_SCRIPT = """
 import sys
 from pathlib import Path
@@ -167,7 +169,6 @@ def bench_whole(scale: int, model: str | None, backends: list[str], formats: lis
     whole command per backend and the bicubic reference per format, and
     the network alone per backend, for each case."""
     from .bench import best_of
-    from .io import png_level_for
     from .tasks import load
 
     env = _env()
@@ -181,7 +182,6 @@ def bench_whole(scale: int, model: str | None, backends: list[str], formats: lis
             for fmt in formats:
                 folder_out = case.source.is_dir()
                 out_for = (lambda tag: tmp / f"out-{tag}" if folder_out else tmp / f"out-{tag}.{fmt}")
-                level = png_level_for(max(a.size for a in case.images) * scale * scale)
                 names, fns = [], []
                 for b in backends:
                     names.append(f"imgrestore upscale, {b}")
@@ -191,7 +191,7 @@ def bench_whole(scale: int, model: str | None, backends: list[str], formats: lis
                     ref_out.mkdir(exist_ok=True)
                 names.append("Pillow bicubic, whole process (reference)")
                 fns.append(_runner([sys.executable, "-c", BICUBIC_SCRIPT, str(case.source), str(ref_out),
-                                    str(scale), fmt, str(level)], env))
+                                    str(scale), fmt, str(REFERENCE_PNG_LEVEL)], env))
                 log(f"timing {case.name} -> x{scale} {fmt}: {len(fns)} commands, best of {repeat}")
                 secs = best_of(fns, repeat=repeat, warmup=1)
                 ref = secs[-1]
