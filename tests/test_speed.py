@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from imgrestore import catalog
+from imgrestore.bench import psnr
 from imgrestore.tasks import TASKS, load
 from imgrestore.wholebench import photo_like
 
@@ -99,11 +100,13 @@ def test_every_upscaler_ships_its_graph():
 
 
 def test_shipped_graphs_equal_their_safetensors_twins():
+    """Each shipped .onnx is the int8 export (the faster; weights/MODEL_CARD.md)
+    of the .safetensors next to it (the SHA-256 it records) and gives its
+    image within int8's tolerance: PSNR over 40 dB against torch on a
+    photo-like image (the export measured 44.6-47.6 on photos, and a
+    0.06-0.1 dB drop on CSet14), tiled as untiled."""
     import torch
 
-    """Each shipped .onnx was exported from the .safetensors next to it (the
-    SHA-256 it records) and gives the same image: network outputs within
-    1e-4, 8-bit outputs within one code value, tiled or not."""
     _ort()
     img = photo_like(45, 61, seed=3)
     for name in SHIPPED_ONNX:
@@ -113,15 +116,16 @@ def test_shipped_graphs_equal_their_safetensors_twins():
         export = onnx_r.meta["provenance"]["export"]
         assert export["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest(), \
             f"{name}.onnx was not exported from today's {src.name}: run imgrestore export {name} again"
+        assert export["precision"] == "int8"
         assert onnx_r.scale == torch_r.scale and onnx_r.radius == torch_r.radius
         x = img[None].transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
         with torch.inference_mode():
             want = torch_r.model(torch.from_numpy(x)).numpy()
         got = onnx_r.sess.run(None, {onnx_r.input_name: x})[0]
-        assert np.abs(got - want).max() < 1e-4, name
-        for tile in (None, 16):
-            a, b = onnx_r.run_pixels(img, tile=tile), torch_r.run_pixels(img, tile=tile)
-            assert a.shape == b.shape and np.abs(a.astype(int) - b).max() <= 1, (name, tile)
+        assert got.shape == want.shape and psnr(got, want, peak=1.0) > 40, name
+        whole = onnx_r.run_pixels(img, tile=None)
+        assert psnr(whole, torch_r.run_pixels(img, tile=None)) > 40, name
+        assert np.abs(onnx_r.run_pixels(img, tile=16).astype(int) - whole).max() <= 1, name
 
 
 def test_onnx_tiles_equal_the_whole_image():
@@ -158,8 +162,8 @@ def test_onnx_backend_cli_matches_torch(cli, tmp_path):
                            tmp_path / f"{backend}.png", "--json", "-q")
         assert code == 0, err
         outs[backend] = np.asarray(Image.open(tmp_path / f"{backend}.png")).astype(int)
-    assert outs["torch"].shape == (120, 164, 3)
-    assert np.abs(outs["torch"] - outs["onnx"]).max() <= 1
+    assert outs["torch"].shape == outs["onnx"].shape == (120, 164, 3)
+    assert psnr(outs["torch"], outs["onnx"]) > 40  # the shipped graph is int8
 
 
 def test_onnx_backend_says_what_it_cannot_do(cli, tmp_path, tiny_x2, tiny_color):
