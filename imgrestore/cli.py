@@ -708,15 +708,19 @@ def _choices(text: str, allowed: tuple[str, ...], option: str) -> list[str]:
               help="Backends to time, comma-separated: torch, onnx.")
 @click.option("--format", "formats", default="png,jpg", show_default=True,
               help="Output formats to time, comma-separated: png, jpg.")
-@click.option("--size", default="2000x1500", show_default=True, help="The large input, WxH.")
+@click.option("--size", default="2000x1500", show_default=True, help="The large input, WxH (none: no large input).")
 @click.option("--folder", default="16x320x240", show_default=True,
               help="The folder of small inputs, NxWxH (none: no folder).")
 @click.option("--photo", type=click.Path(exists=True, dir_okay=False),
               help="Make the inputs from this photo (default: generated photo-like images).")
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--repeat", type=click.IntRange(1), default=3, show_default=True, help="Best of this many runs.")
+@click.option("--profile", "profiles", is_flag=True,
+              help="Also run each command once under timers: start-up, model load, decode, tiles, network, merge, "
+                   "encode.")
 @click.option("--json", "as_json", is_flag=True)
-def bench_whole_cmd(x2, x3, x4, scale, model, backends, formats, size, folder, photo, threads, repeat, as_json):
+def bench_whole_cmd(x2, x3, x4, scale, model, backends, formats, size, folder, photo, threads, repeat, profiles,
+                    as_json):
     """Whole-command speed: `imgrestore upscale` run as a subprocess on a
     large image and on a folder of small ones, in output megapixels per
     second (best of --repeat), next to a whole-process Pillow bicubic resize
@@ -724,12 +728,12 @@ def bench_whole_cmd(x2, x3, x4, scale, model, backends, formats, size, folder, p
     from .wholebench import bench_whole
 
     own = TASKS["upscale"].parse(dict(x2=x2, x3=x3, x4=x4, scale=scale))
-    size_wh = _dims(size, 2, "WxH (e.g. 2000x1500)")
+    size_wh = None if size.strip().lower() == "none" else _dims(size, 2, "WxH (e.g. 2000x1500)")
     folder_nwh = None if folder.strip().lower() == "none" else _dims(folder, 3, "NxWxH (e.g. 16x320x240)")
     _setup_torch(threads)
     report = bench_whole(own["scale"] or 4, model, _choices(backends, ("torch", "onnx"), "--backend"),
                          _choices(formats, ("png", "jpg"), "--format"), size_wh, folder_nwh, photo, threads, repeat,
-                         log=lambda m: None if as_json else click.echo(m, err=True))
+                         log=lambda m: None if as_json else click.echo(m, err=True), profiles=profiles)
     if as_json:
         click.echo(json.dumps(report))
         return
@@ -746,6 +750,16 @@ def bench_whole_cmd(x2, x3, x4, scale, model, backends, formats, size, folder, p
         t.add_row(r["case"], r["format"], r["method"], f"{r['seconds']:.3f}", f"{r['mp_per_s']:.2f}",
                   "-" if r["vs_bicubic"] is None else f"{r['vs_bicubic']:.2f}x")
     con.print(t)
+    if report["profiles"]:
+        from .wholebench import PHASES
+
+        t = Table(title="where the time goes (seconds, one run under timers; threads' times summed)")
+        for c in ("input", "format", "backend", "wall", *PHASES):
+            t.add_column(c)
+        for p in report["profiles"]:
+            t.add_row(p["case"], p["format"], p["backend"], f"{p['wall']:.2f}",
+                      *(f"{p['phases'][k]:.2f}" for k in PHASES))
+        con.print(t)
 
 
 @bench.command("colorize")

@@ -49,6 +49,97 @@ for f in files:
 """
 
 
+# One command run with timers around the functions where the time goes;
+# writes {phase: seconds} as JSON to argv[1]. Phases nest (a tile's time
+# includes the network's); `profile` makes them exclusive.
+PROFILE_SCRIPT = """
+import json, sys, time
+t0 = time.perf_counter()
+out = sys.argv.pop(1)
+acc = {}
+
+def timed(owner, name, key):
+    fn = getattr(owner, name)
+    def wrapper(*a, **k):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            acc[key] = acc.get(key, 0.0) + time.perf_counter() - t
+    setattr(owner, name, wrapper)
+
+from imgrestore import cli, io, onnxrun, pipeline, restorer, tasks
+acc["import"] = time.perf_counter() - t0
+timed(cli, "_setup_torch", "load")
+timed(cli, "_load_restorer", "load")
+timed(io, "decode", "decode")
+timed(io, "encode", "encode")
+for cls in (io.PngStream, io.JpegStream, io.TiffStream):
+    timed(cls, "write", "encode")
+    timed(cls, "close", "encode")
+timed(io.os, "fsync", "fsync")
+timed(restorer.Restorer, "_run_tile", "tile")
+timed(restorer.Restorer, "forward", "network")
+timed(onnxrun.OnnxRestorer, "_run_tile", "tile")
+timed(restorer, "assemble", "merge")
+make_session = onnxrun.session
+def session(*a, **k):
+    s = make_session(*a, **k)
+    timed(s, "run", "network")
+    return s
+onnxrun.session = session
+sys.argv[0] = "imgrestore"
+try:
+    cli.main()
+except SystemExit as e:
+    code = e.code
+acc["total"] = time.perf_counter() - t0
+acc["imported torch"] = "torch" in sys.modules
+json.dump(acc, open(out, "w"))
+sys.exit(code)
+"""
+
+# the profile's phases, exclusive, in the order a command meets them:
+# the interpreter's start; importing imgrestore's command line (numpy,
+# Pillow, click); loading the model (torch or onnxruntime imported, weights
+# read, graph built); decoding the input (colour conversions included);
+# a tile's trip to float and back to 8 bits (the crop and quantize around
+# the network); the network; merging bands into a whole output (small
+# outputs); encoding (PNG filter + deflate, JPEG); fsync of the output;
+# the rest (the pipeline, band bookkeeping, gray/alpha handling, file IO)
+PHASES = ("start", "import", "load model", "decode", "tiles", "network", "merge", "encode", "fsync", "other")
+
+
+def profile(argv: list[str], env: dict, tmp: Path) -> dict:
+    """Where one run of the command `argv` (an `upscale_argv`) spends its
+    time, in seconds per phase (PHASES), with the run's wall time."""
+    out = tmp / "profile.json"
+    t = time.perf_counter()
+    p = subprocess.run([argv[0], "-c", PROFILE_SCRIPT, str(out)] + argv[3:], env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        raise RuntimeError(f"profiling {' '.join(argv)} failed: {p.stderr.decode(errors='replace')}")
+    import json
+
+    acc = json.loads(out.read_text())
+    tile, network = acc.get("tile", 0.0), acc.get("network", 0.0)
+    merge = acc.get("merge", 0.0)
+    phases = {
+        "start": wall - acc["total"],
+        "import": acc["import"],
+        "load model": acc.get("load", 0.0),
+        "decode": acc.get("decode", 0.0),
+        "tiles": max(0.0, tile - network),
+        "network": network,
+        "merge": max(0.0, merge - tile) if merge else 0.0,  # a merge drives the tiles it merges
+        "encode": acc.get("encode", 0.0),
+        "fsync": acc.get("fsync", 0.0),
+    }
+    phases["other"] = max(0.0, wall - sum(phases.values()))
+    return {"wall": wall, "phases": phases, "imported_torch": acc["imported torch"]}
+
+
 def photo_like(h: int, w: int, seed: int = 0) -> np.ndarray:
     """(h, w, 3) uint8 with a photo's statistics where an encoder looks:
     a 1/f amplitude spectrum (smooth regions, edges at every scale),
@@ -94,10 +185,10 @@ class Case:
     images: list[np.ndarray]
 
 
-def make_cases(tmp: Path, size: tuple[int, int], folder: tuple[int, int, int] | None,
+def make_cases(tmp: Path, size: tuple[int, int] | None, folder: tuple[int, int, int] | None,
                photo: str | None) -> list[Case]:
     """The large image (`size` = (w, h)) and the folder (`folder` = (n, w,
-    h)) as PNG files under `tmp`."""
+    h)) as PNG files under `tmp` (either may be None: not timed)."""
     from PIL import Image
 
     def folder_images(n, fw, fh):
@@ -108,12 +199,13 @@ def make_cases(tmp: Path, size: tuple[int, int], folder: tuple[int, int, int] | 
         return [np.ascontiguousarray(big[(i // 4 % 4) * fh * 3 // 4:][:fh, (i % 4) * fw * 3 // 4:][:, :fw])
                 for i in range(n)]
 
-    w, h = size
     cases = []
-    large = tmp / f"large-{w}x{h}.png"
-    img = photo_input(photo, h, w) if photo else photo_like(h, w)
-    Image.fromarray(img).save(large, compress_level=1)
-    cases.append(Case(f"{w}x{h}", large, w * h / 1e6, [img]))
+    if size:
+        w, h = size
+        large = tmp / f"large-{w}x{h}.png"
+        img = photo_input(photo, h, w) if photo else photo_like(h, w)
+        Image.fromarray(img).save(large, compress_level=1)
+        cases.append(Case(f"{w}x{h}", large, w * h / 1e6, [img]))
     if folder:
         n, fw, fh = folder
         d = tmp / f"folder-{n}x{fw}x{fh}"
@@ -163,16 +255,17 @@ def load_average() -> list[float]:
 
 
 def bench_whole(scale: int, model: str | None, backends: list[str], formats: list[str],
-                size: tuple[int, int], folder: tuple[int, int, int] | None, photo: str | None,
-                threads: int, repeat: int, log=lambda m: None) -> dict:
+                size: tuple[int, int] | None, folder: tuple[int, int, int] | None, photo: str | None,
+                threads: int, repeat: int, log=lambda m: None, profiles: bool = False) -> dict:
     """Rows of {case, format, method, seconds, mp_per_s, vs_bicubic}: the
     whole command per backend and the bicubic reference per format, and
-    the network alone per backend, for each case."""
+    the network alone per backend, for each case. With `profiles`, one
+    more run of each command under timers: where its time goes (`profile`)."""
     from .bench import best_of
     from .tasks import load
 
     env = _env()
-    rows = []
+    rows, profiled = [], []
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="imgrestore-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -185,7 +278,11 @@ def bench_whole(scale: int, model: str | None, backends: list[str], formats: lis
                 names, fns = [], []
                 for b in backends:
                     names.append(f"imgrestore upscale, {b}")
-                    fns.append(_runner(upscale_argv(case, out_for(b), scale, model, b, threads, fmt), env))
+                    argv = upscale_argv(case, out_for(b), scale, model, b, threads, fmt)
+                    fns.append(_runner(argv, env))
+                    if profiles:
+                        profiled.append({"case": case.name, "format": fmt, "backend": b,
+                                         **profile(argv, env, tmp)})
                 ref_out = out_for("bicubic")
                 if folder_out:
                     ref_out.mkdir(exist_ok=True)
@@ -207,4 +304,4 @@ def bench_whole(scale: int, model: str | None, backends: list[str], formats: lis
     return {"scale": scale, "model": model or f"upscale-x{scale}", "threads": threads, "repeat": repeat,
             "input": photo or "generated photo-like images", "load_average": {"before": load_before,
                                                                               "after": load_average()},
-            "cpus": os.cpu_count(), "rows": rows, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "cpus": os.cpu_count(), "rows": rows, "profiles": profiled, "when": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -211,8 +211,16 @@ def test_without_onnxruntime_backend_onnx_is_a_clear_error_and_torch_works(cli, 
 def test_bench_whole_compares_the_backends_in_one_run(cli):
     _ort()
     code, out, err = cli("bench", "whole", "--x2", "--backend", "torch,onnx", "--size", "32x24", "--folder", "none",
-                         "--format", "png", "--repeat", "1", "--json")
+                         "--format", "png", "--repeat", "1", "--profile", "--json")
     assert code == 0, err
-    methods = {r["method"] for r in json.loads(out)["rows"]}
+    report = json.loads(out)
+    methods = {r["method"] for r in report["rows"]}
     assert {"imgrestore upscale, torch", "imgrestore upscale, onnx", "network only (tiles, in-process), onnx",
             "network only (tiles, in-process), torch", "Pillow bicubic, whole process (reference)"} <= methods
+    # the profile: one run of each command, its phases adding up to its wall time
+    profiles = {p["backend"]: p for p in report["profiles"]}
+    assert set(profiles) == {"torch", "onnx"}
+    for backend, p in profiles.items():
+        assert p["phases"]["network"] > 0 and p["phases"]["load model"] > 0 and p["phases"]["encode"] > 0
+        assert abs(sum(p["phases"].values()) - p["wall"]) < 1e-6 or p["phases"]["other"] == 0
+    assert profiles["torch"]["imported_torch"] and not profiles["onnx"]["imported_torch"]
