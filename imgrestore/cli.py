@@ -703,7 +703,8 @@ def _choices(text: str, allowed: tuple[str, ...], option: str) -> list[str]:
 
 @bench.command("whole")
 @options(SCALE_OPTIONS)
-@click.option("--model", help="Model name or path [default: upscale-xN].")
+@click.option("--model", "models", multiple=True,
+              help="Model name or path [default: upscale-xN]; repeat it to time several in one run.")
 @click.option("--backend", "backends", default="torch", show_default=True,
               help="Backends to time, comma-separated: torch, onnx.")
 @click.option("--format", "formats", default="png,jpg", show_default=True,
@@ -719,7 +720,7 @@ def _choices(text: str, allowed: tuple[str, ...], option: str) -> list[str]:
               help="Also run each command once under timers: start-up, model load, decode, tiles, network, merge, "
                    "encode.")
 @click.option("--json", "as_json", is_flag=True)
-def bench_whole_cmd(x2, x3, x4, scale, model, backends, formats, size, folder, photo, threads, repeat, profiles,
+def bench_whole_cmd(x2, x3, x4, scale, models, backends, formats, size, folder, photo, threads, repeat, profiles,
                     as_json):
     """Whole-command speed: `imgrestore upscale` run as a subprocess on a
     large image and on a folder of small ones, in output megapixels per
@@ -731,7 +732,7 @@ def bench_whole_cmd(x2, x3, x4, scale, model, backends, formats, size, folder, p
     size_wh = None if size.strip().lower() == "none" else _dims(size, 2, "WxH (e.g. 2000x1500)")
     folder_nwh = None if folder.strip().lower() == "none" else _dims(folder, 3, "NxWxH (e.g. 16x320x240)")
     _setup_torch(threads)
-    report = bench_whole(own["scale"] or 4, model, _choices(backends, ("torch", "onnx"), "--backend"),
+    report = bench_whole(own["scale"] or 4, list(models), _choices(backends, ("torch", "onnx"), "--backend"),
                          _choices(formats, ("png", "jpg"), "--format"), size_wh, folder_nwh, photo, threads, repeat,
                          log=lambda m: None if as_json else click.echo(m, err=True), profiles=profiles)
     if as_json:
@@ -740,7 +741,7 @@ def bench_whole_cmd(x2, x3, x4, scale, model, backends, formats, size, folder, p
     from rich.table import Table
 
     con = _table_console()
-    con.print(f"x{report['scale']} {report['model']}, {report['threads']} threads, best of {report['repeat']}, "
+    con.print(f"x{report['scale']} {', '.join(report['models'])}, {report['threads']} threads, best of {report['repeat']}, "
               f"input: {report['input']}; load average before {report['load_average']['before']}, "
               f"after {report['load_average']['after']} ({report['cpus']} CPUs)")
     t = Table(title="whole-command speed (output megapixels per second)")
@@ -754,10 +755,10 @@ def bench_whole_cmd(x2, x3, x4, scale, model, backends, formats, size, folder, p
         from .wholebench import PHASES
 
         t = Table(title="where the time goes (seconds, one run under timers; threads' times summed)")
-        for c in ("input", "format", "backend", "wall", *PHASES):
+        for c in ("input", "format", "model", "backend", "wall", *PHASES):
             t.add_column(c)
         for p in report["profiles"]:
-            t.add_row(p["case"], p["format"], p["backend"], f"{p['wall']:.2f}",
+            t.add_row(p["case"], p["format"], p["model"] or report["models"][0], p["backend"], f"{p['wall']:.2f}",
                       *(f"{p['phases'][k]:.2f}" for k in PHASES))
         con.print(t)
 

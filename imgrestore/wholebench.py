@@ -100,14 +100,14 @@ sys.exit(code)
 """
 
 # the profile's phases, exclusive, in the order a command meets them:
-# the interpreter's start; importing imgrestore's command line (numpy,
+# the interpreter's start and exit (torch takes a while to unload); importing imgrestore's command line (numpy,
 # Pillow, click); loading the model (torch or onnxruntime imported, weights
 # read, graph built); decoding the input (colour conversions included);
 # a tile's trip to float and back to 8 bits (the crop and quantize around
 # the network); the network; merging bands into a whole output (small
 # outputs); encoding (PNG filter + deflate, JPEG); fsync of the output;
 # the rest (the pipeline, band bookkeeping, gray/alpha handling, file IO)
-PHASES = ("start", "import", "load model", "decode", "tiles", "network", "merge", "encode", "fsync", "other")
+PHASES = ("start+exit", "import", "load model", "decode", "tiles", "network", "merge", "encode", "fsync", "other")
 
 
 def profile(argv: list[str], env: dict, tmp: Path) -> dict:
@@ -126,7 +126,7 @@ def profile(argv: list[str], env: dict, tmp: Path) -> dict:
     tile, network = acc.get("tile", 0.0), acc.get("network", 0.0)
     merge = acc.get("merge", 0.0)
     phases = {
-        "start": wall - acc["total"],
+        "start+exit": wall - acc["total"],
         "import": acc["import"],
         "load model": acc.get("load", 0.0),
         "decode": acc.get("decode", 0.0),
@@ -254,16 +254,20 @@ def load_average() -> list[float]:
         return []
 
 
-def bench_whole(scale: int, model: str | None, backends: list[str], formats: list[str],
+def bench_whole(scale: int, models: list[str], backends: list[str], formats: list[str],
                 size: tuple[int, int] | None, folder: tuple[int, int, int] | None, photo: str | None,
                 threads: int, repeat: int, log=lambda m: None, profiles: bool = False) -> dict:
     """Rows of {case, format, method, seconds, mp_per_s, vs_bicubic}: the
-    whole command per backend and the bicubic reference per format, and
-    the network alone per backend, for each case. With `profiles`, one
-    more run of each command under timers: where its time goes (`profile`)."""
+    whole command per model (none given: the shipped one of the scale) and
+    backend and the bicubic reference per format, and the network alone per
+    model and backend, for each case. With `profiles`, one more run of each
+    command under timers: where its time goes (`profile`)."""
     from .bench import best_of
     from .tasks import load
 
+    shown = {m: Path(m).stem for m in models}
+    runs = [(m, b, f"imgrestore upscale{f' --model {shown[m]}' if len(models) > 1 else ''}, {b}")
+            for m in (models or [None]) for b in backends]
     env = _env()
     rows, profiled = [], []
     load_before = load_average()
@@ -276,12 +280,12 @@ def bench_whole(scale: int, model: str | None, backends: list[str], formats: lis
                 folder_out = case.source.is_dir()
                 out_for = (lambda tag: tmp / f"out-{tag}" if folder_out else tmp / f"out-{tag}.{fmt}")
                 names, fns = [], []
-                for b in backends:
-                    names.append(f"imgrestore upscale, {b}")
-                    argv = upscale_argv(case, out_for(b), scale, model, b, threads, fmt)
+                for i, (model, b, name) in enumerate(runs):
+                    names.append(name)
+                    argv = upscale_argv(case, out_for(f"{i}-{b}"), scale, model, b, threads, fmt)
                     fns.append(_runner(argv, env))
                     if profiles:
-                        profiled.append({"case": case.name, "format": fmt, "backend": b,
+                        profiled.append({"case": case.name, "format": fmt, "backend": b, "model": shown.get(model),
                                          **profile(argv, env, tmp)})
                 ref_out = out_for("bicubic")
                 if folder_out:
@@ -296,12 +300,13 @@ def bench_whole(scale: int, model: str | None, backends: list[str], formats: lis
                     rows.append({"case": case.name, "format": fmt, "method": name, "seconds": sec,
                                  "mp_per_s": out_mp / sec, "vs_bicubic": ref / sec})
             # the network alone, in this process, on the same pixels
-            for b in backends:
-                r = load(model or f"upscale-x{scale}", device="cpu", backend=b, threads=threads)
-                sec = best_of([lambda: [r.run_pixels(a) for a in case.images]], repeat=repeat, warmup=1)[0]
-                rows.append({"case": case.name, "format": "-", "method": f"network only (tiles, in-process), {b}",
+            nets = [load(m or f"upscale-x{scale}", device="cpu", backend=b, threads=threads) for m, b, _ in runs]
+            secs = best_of([lambda r=r: [r.run_pixels(a) for a in case.images] for r in nets], repeat=repeat, warmup=1)
+            for (_, b, name), sec in zip(runs, secs):
+                rows.append({"case": case.name, "format": "-",
+                             "method": name.replace("imgrestore upscale", "network only (tiles, in-process)"),
                              "seconds": sec, "mp_per_s": out_mp / sec, "vs_bicubic": None})
-    return {"scale": scale, "model": model or f"upscale-x{scale}", "threads": threads, "repeat": repeat,
+    return {"scale": scale, "models": [shown[m] for m in models] or [f"upscale-x{scale}"], "threads": threads, "repeat": repeat,
             "input": photo or "generated photo-like images", "load_average": {"before": load_before,
                                                                               "after": load_average()},
             "cpus": os.cpu_count(), "rows": rows, "profiles": profiled, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
