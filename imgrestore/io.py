@@ -891,6 +891,13 @@ class JpegStream:
         self.group_rows = group * max(1, (1 << 20) // (group * width * (3 if self.color else 1)))  # ~1 MB
         self.pending = RowBuffer()
         self.rows = 0
+        self.submitted = 0  # rows handed to the encoders
+        # groups are encoded on FAST_THREADS threads (libjpeg releases the
+        # GIL) and written in order before `write` returns, as PngStream's
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(FAST_THREADS, thread_name_prefix="jpeg")
+        self.groups: list = []
 
     def write(self, band: np.ndarray) -> None:
         """band: (rows, width, channels) uint8 or uint16."""
@@ -899,12 +906,22 @@ class JpegStream:
             band = _to8(band)
         self.pending.add(band)
         while self.pending.rows >= self.group_rows:
-            self._group(self.pending.take(self.group_rows))
+            self._submit(self.pending.take(self.group_rows))
+        self._drain()
 
-    def _group(self, part: np.ndarray) -> None:
+    def _submit(self, part: np.ndarray) -> None:
+        self.groups.append((self.pool.submit(self._encode, part, self.submitted == 0), part.shape[0]))
+        self.submitted += part.shape[0]
+
+    def _drain(self) -> None:
+        for fut, rows in self.groups:
+            self._put(fut.result(), rows)
+        self.groups.clear()
+
+    def _encode(self, part: np.ndarray, first: bool) -> memoryview:
+        """A group of rows as a whole JPEG (the first carries EXIF and ICC)."""
         from PIL import Image
 
-        first = self.rows == 0
         kw: dict = {}
         if first and self.icc:
             kw["icc_profile"] = self.icc
@@ -915,7 +932,12 @@ class JpegStream:
         buf = _io.BytesIO()
         im.save(buf, "JPEG", quality=self.quality, subsampling=self.subsampling, optimize=False,
                 restart_marker_rows=1, **kw)
-        data = buf.getbuffer()
+        return buf.getbuffer()
+
+    def _put(self, data, rows: int) -> None:
+        """Join a group's JPEG to the file: the first's header (with the
+        whole image's height), every group's entropy-coded rows."""
+        first = self.rows == 0
         head, scan = _jpeg_split(data)
         if first:
             if not any(m == 0xDD for m, _, _ in _jpeg_segments(head)):  # Pillow < 10.2 ignores the option
@@ -928,11 +950,15 @@ class JpegStream:
         else:
             self.f.write(b"\xff\xd7")  # RST7: every group ends on the 8th marker
         self.f.write(scan)
-        self.rows += part.shape[0]
+        self.rows += rows
 
     def close(self) -> None:
-        if self.pending.rows:
-            self._group(self.pending.take(self.pending.rows))
+        try:
+            if self.pending.rows:
+                self._submit(self.pending.take(self.pending.rows))
+            self._drain()
+        finally:
+            self.pool.shutdown()
         if self.rows != self.height:
             raise OutputError(f"JPEG stream got {self.rows} of {self.height} rows")
         self.f.write(b"\xff\xd9")  # EOI

@@ -102,14 +102,21 @@ def to_input(a: np.ndarray) -> np.ndarray:
     """(H, W, C) uint8/uint16 -> (1, C, H, W) float32 in [0, 1], as
     `tensors.to_tensor` computes it (float32 division by the peak)."""
     top = np.float32(65535.0 if a.dtype == np.uint16 else 255.0)
-    return np.ascontiguousarray(a.transpose(2, 0, 1)[None], dtype=np.float32) / top
+    x = np.empty((1, a.shape[2], a.shape[0], a.shape[1]), np.float32)
+    np.divide(a.transpose(2, 0, 1)[None], top, out=x, dtype=np.float32)
+    return x
 
 
-def to_pixels(y: np.ndarray, dtype) -> np.ndarray:
-    """(1, C, H, W) float32 -> (H, W, C) of `dtype`, clamped and rounded to
-    the nearest code value (half to even), as `tensors.to_pixels`."""
-    top = np.float32(65535.0 if np.dtype(dtype) == np.uint16 else 255.0)
-    return np.rint(np.clip(y[0], 0.0, 1.0) * top).transpose(1, 2, 0).astype(dtype)
+def quantize_into(dst: np.ndarray, y: np.ndarray) -> None:
+    """(C, H, W) float32 (overwritten) -> `dst` (H, W, C) uint8/uint16,
+    clamped and rounded to the nearest code value (half to even), as
+    `tensors.to_pixels`: in place, three passes and one strided copy (half
+    the time of the plain expression on a 1072x1072 tile)."""
+    top = np.float32(65535.0 if dst.dtype == np.uint16 else 255.0)
+    np.clip(y, 0.0, 1.0, out=y)
+    y *= top
+    np.rint(y, out=y)
+    np.copyto(dst, y.transpose(1, 2, 0), casting="unsafe")
 
 
 class OnnxRestorer(Restorer):
@@ -145,9 +152,9 @@ class OnnxRestorer(Restorer):
         h, w = x.shape[2:]
         if m > 1 and (h % m or w % m):
             x = np.pad(x, ((0, 0), (0, 0), (0, (-h) % m), (0, (-w) % m)), mode="edge")
-        y = self.sess.run([self.output_name], {self.input_name: x})[0][:, :, :h * s, :w * s]
+        y = self.sess.run([self.output_name], {self.input_name: x})[0][0]  # (C, h*s, w*s) and padding
         ys, xs = t.crop_in_output(s)
-        band[:, t.x0 * s:t.x1 * s] = to_pixels(y[:, :, ys, xs], px.dtype)
+        quantize_into(band[:, t.x0 * s:t.x1 * s], y[:, ys, xs])
 
     def describe(self) -> dict:
         return {"name": self.name, "task": self.task, "scale": self.scale, "arch": self.meta["arch"],
