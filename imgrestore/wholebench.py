@@ -88,15 +88,19 @@ def session(*a, **k):
     timed(s, "run", "network")
     return s
 onnxrun.session = session
-sys.argv[0] = "imgrestore"
+code = 0
 try:
-    cli.main()
+    cli.cli(prog_name="imgrestore")
 except SystemExit as e:
-    code = e.code
+    code = e.code or 0
 acc["total"] = time.perf_counter() - t0
 acc["imported torch"] = "torch" in sys.modules
-json.dump(acc, open(out, "w"))
-sys.exit(code)
+with open(out, "w") as f:
+    json.dump(acc, f)
+sys.stdout.flush()
+sys.stderr.flush()
+import os
+os._exit(code)  # as cli.main leaves
 """
 
 # the profile's phases, exclusive, in the order a command meets them:

@@ -57,9 +57,8 @@ MODULES_AT_EXIT = """
 import atexit, sys
 listing = sys.argv.pop(1)
 atexit.register(lambda: print(" ".join(sorted(sys.modules)), file=open(listing, "w")))
-from imgrestore.cli import main
-sys.argv[0] = "imgrestore"
-main()
+from imgrestore.cli import cli
+cli(prog_name="imgrestore")  # main() would leave by os._exit, past atexit
 """
 
 
