@@ -731,7 +731,6 @@ def bench_whole_cmd(x2, x3, x4, scale, models, backends, formats, size, folder, 
     own = TASKS["upscale"].parse(dict(x2=x2, x3=x3, x4=x4, scale=scale))
     size_wh = None if size.strip().lower() == "none" else _dims(size, 2, "WxH (e.g. 2000x1500)")
     folder_nwh = None if folder.strip().lower() == "none" else _dims(folder, 3, "NxWxH (e.g. 16x320x240)")
-    _setup_torch(threads)
     report = bench_whole(own["scale"] or 4, list(models), _choices(backends, ("torch", "onnx"), "--backend"),
                          _choices(formats, ("png", "jpg"), "--format"), size_wh, folder_nwh, photo, threads, repeat,
                          log=lambda m: None if as_json else click.echo(m, err=True), profiles=profiles)

@@ -5,8 +5,8 @@ imports, decode, tiles, network, encode, the atomic write), on a stated
 input size and output format, best of `repeat` after a warm-up run, in
 output megapixels per second. Next to it, measured in the same rounds: a
 whole-process Pillow bicubic resize of the same input to the same format
-(the reference), and the network alone in this process (tiles + network +
-quantize, no start-up or IO) for each backend. The commands are timed in
+(the reference), and the network alone (tiles + network + quantize, no
+start-up or IO) in a process of its own for each backend. The commands are timed in
 turn in every round, so a busy moment of the machine does not land on one
 of them, and the machine's load is reported with the figures.
 
@@ -48,6 +48,33 @@ for f in files:
         big.save(out, "PNG", compress_level=level)
 """
 
+
+# The network alone (tiles, network, quantize: `Restorer.run_pixels`) on
+# the case's images, best of `repeat` after a warm-up, in a process of its
+# own per backend: two runtimes' thread pools in one process (both spin
+# between calls) slow each other down on small images.
+NETWORK_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+import numpy as np
+from PIL import Image
+model, backend, threads, repeat, source = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])
+if backend == "torch":
+    import torch
+    torch.set_num_threads(threads)
+from imgrestore.tasks import load
+r = load(model, device="cpu", backend=backend, threads=threads)
+files = sorted(source.iterdir()) if source.is_dir() else [source]
+images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+best = float("inf")
+for i in range(repeat + 1):
+    t = time.perf_counter()
+    for a in images:
+        r.run_pixels(a)
+    if i:
+        best = min(best, time.perf_counter() - t)
+print(json.dumps(best))
+"""
 
 # One command run with timers around the functions where the time goes;
 # writes {phase: seconds} as JSON to argv[1]. Phases nest (a tile's time
@@ -186,7 +213,6 @@ class Case:
     name: str  # "2000x1500" or "folder 16 x 320x240"
     source: Path  # a file or a folder
     in_mp: float  # input megapixels in all
-    images: list[np.ndarray]
 
 
 def make_cases(tmp: Path, size: tuple[int, int] | None, folder: tuple[int, int, int] | None,
@@ -209,7 +235,7 @@ def make_cases(tmp: Path, size: tuple[int, int] | None, folder: tuple[int, int, 
         large = tmp / f"large-{w}x{h}.png"
         img = photo_input(photo, h, w) if photo else photo_like(h, w)
         Image.fromarray(img).save(large, compress_level=1)
-        cases.append(Case(f"{w}x{h}", large, w * h / 1e6, [img]))
+        cases.append(Case(f"{w}x{h}", large, w * h / 1e6))
     if folder:
         n, fw, fh = folder
         d = tmp / f"folder-{n}x{fw}x{fh}"
@@ -217,7 +243,7 @@ def make_cases(tmp: Path, size: tuple[int, int] | None, folder: tuple[int, int, 
         imgs = folder_images(n, fw, fh)
         for i, a in enumerate(imgs):
             Image.fromarray(a).save(d / f"img{i:03d}.png", compress_level=1)
-        cases.append(Case(f"folder {n} x {fw}x{fh}", d, n * fw * fh / 1e6, imgs))
+        cases.append(Case(f"folder {n} x {fw}x{fh}", d, n * fw * fh / 1e6))
     return cases
 
 
@@ -267,7 +293,6 @@ def bench_whole(scale: int, models: list[str], backends: list[str], formats: lis
     model and backend, for each case. With `profiles`, one more run of each
     command under timers: where its time goes (`profile`)."""
     from .bench import best_of
-    from .tasks import load
 
     shown = {m: Path(m).stem for m in models}
     runs = [(m, b, f"imgrestore upscale{f' --model {shown[m]}' if len(models) > 1 else ''}, {b}")
@@ -303,12 +328,15 @@ def bench_whole(scale: int, models: list[str], backends: list[str], formats: lis
                 for name, sec in zip(names, secs):
                     rows.append({"case": case.name, "format": fmt, "method": name, "seconds": sec,
                                  "mp_per_s": out_mp / sec, "vs_bicubic": ref / sec})
-            # the network alone, in this process, on the same pixels
-            nets = [load(m or f"upscale-x{scale}", device="cpu", backend=b, threads=threads) for m, b, _ in runs]
-            secs = best_of([lambda r=r: [r.run_pixels(a) for a in case.images] for r in nets], repeat=repeat, warmup=1)
-            for (_, b, name), sec in zip(runs, secs):
+            # the network alone, on the same pixels
+            for m, b, name in runs:
+                p = subprocess.run([sys.executable, "-c", NETWORK_SCRIPT, m or f"upscale-x{scale}", b, str(threads),
+                                    str(repeat), str(case.source)], env=env, capture_output=True, text=True)
+                if p.returncode != 0:
+                    raise RuntimeError(f"timing the network of {m or f'upscale-x{scale}'} failed: {p.stderr}")
+                sec = float(p.stdout.strip().splitlines()[-1])
                 rows.append({"case": case.name, "format": "-",
-                             "method": name.replace("imgrestore upscale", "network only (tiles, in-process)"),
+                             "method": name.replace("imgrestore upscale", "network only (tiles, no start-up or IO)"),
                              "seconds": sec, "mp_per_s": out_mp / sec, "vs_bicubic": None})
     return {"scale": scale, "models": [shown[m] for m in models] or [f"upscale-x{scale}"], "threads": threads, "repeat": repeat,
             "input": photo or "generated photo-like images", "load_average": {"before": load_before,

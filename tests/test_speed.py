@@ -38,7 +38,7 @@ def test_bench_whole_times_the_command_next_to_bicubic(cli, tiny_x2):
     for case in ("40x30", "folder 2 x 16x12"):
         assert (case, "imgrestore upscale, torch") in rows
         assert (case, "Pillow bicubic, whole process (reference)") in rows
-        assert (case, "network only (tiles, in-process), torch") in rows
+        assert (case, "network only (tiles, no start-up or IO), torch") in rows
     big = next(r for r in report["rows"] if r["case"] == "40x30" and r["method"] == "imgrestore upscale, torch")
     assert big["format"] == "jpg" and abs(big["mp_per_s"] * big["seconds"] - 40 * 30 * 4 / 1e6) < 1e-9
     assert report["threads"] == 2 and report["repeat"] == 1
@@ -214,8 +214,8 @@ def test_bench_whole_compares_the_backends_in_one_run(cli):
     assert code == 0, err
     report = json.loads(out)
     methods = {r["method"] for r in report["rows"]}
-    assert {"imgrestore upscale, torch", "imgrestore upscale, onnx", "network only (tiles, in-process), onnx",
-            "network only (tiles, in-process), torch", "Pillow bicubic, whole process (reference)"} <= methods
+    assert {"imgrestore upscale, torch", "imgrestore upscale, onnx", "network only (tiles, no start-up or IO), onnx",
+            "network only (tiles, no start-up or IO), torch", "Pillow bicubic, whole process (reference)"} <= methods
     # the profile: one run of each command, its phases adding up to its wall time
     profiles = {p["backend"]: p for p in report["profiles"]}
     assert set(profiles) == {"torch", "onnx"}
