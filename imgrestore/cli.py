@@ -83,9 +83,9 @@ OUTPUT_OPTIONS = (
     click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,
                  help="JPEG/WebP quality."),
     click.option("--png-level", type=click.IntRange(0, 9), default=None, metavar="0-9",
-                 help="PNG zlib compression level: lower is faster and larger, the pixels are the same "
-                 "at every level (a 12 MP photo: 1 takes a quarter of the time of 6, for a 17% larger file). "
-                 "[default: 6, Pillow's; 1 for outputs over 50 M values, about 16.7 MP RGB]"),
+                 help="PNG zlib compression level with the adaptive filter; the pixels are the same at every "
+                 "level. [default: imgrestore's fast writer, Average filter and run-length deflate: smaller than "
+                 "level 6, faster than level 1]"),
     click.option("--suffix", help="Suffix of outputs written next to their input (default: _x2/_x3/_x4, "
                  "_color; with a --model other than the default, its name too, e.g. _x4_x4-small)."),
     click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: skip them, "

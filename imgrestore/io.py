@@ -807,12 +807,7 @@ class PngStream:
 
     def close(self) -> None:
         if self.fast:
-            try:
-                if self.pending.rows:
-                    self._submit(self.pending.take(self.pending.rows))
-                self._drain()
-            finally:
-                self.pool.shutdown()
+            _finish_encoders(self)
         if self.rows != self.height:
             raise OutputError(f"PNG stream got {self.rows} of {self.height} rows")
         if self.fast:
@@ -823,8 +818,20 @@ class PngStream:
         self.f.write(_chunk(b"IEND", b""))
 
 
-# threads of the fast PNG writer
+# threads of the fast PNG writer and of the JPEG stream's encoders
 FAST_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+def _finish_encoders(stream) -> None:
+    """A stream writer whose encoders run on threads (`pool`; rows waiting
+    in `pending`, handed over by `_submit`, written in order by `_drain`):
+    encode and write its last rows, and stop its threads."""
+    try:
+        if stream.pending.rows:
+            stream._submit(stream.pending.take(stream.pending.rows))
+        stream._drain()
+    finally:
+        stream.pool.shutdown()
 
 
 def _adler32_combine(a1: int, a2: int, len2: int) -> int:
@@ -953,12 +960,7 @@ class JpegStream:
         self.rows += rows
 
     def close(self) -> None:
-        try:
-            if self.pending.rows:
-                self._submit(self.pending.take(self.pending.rows))
-            self._drain()
-        finally:
-            self.pool.shutdown()
+        _finish_encoders(self)
         if self.rows != self.height:
             raise OutputError(f"JPEG stream got {self.rows} of {self.height} rows")
         self.f.write(b"\xff\xd9")  # EOI
