@@ -405,8 +405,8 @@ def _interruptible(f):
 
 
 def _process(task: Task, own: dict, *, inputs, output, recursive, model, fmt, quality, png_level, suffix,
-             device, threads, backend, overwrite, shard, max_pixels, max_output_pixels, quiet, as_json, debug, tile=None,
-             tile_overlap=None) -> int:
+             device, threads, backend, overwrite, shard, max_pixels, max_output_pixels, quiet, as_json, debug,
+             tile=None, tile_overlap=None) -> int:
     """A processing command: the task's model with the task's settings over
     the inputs; returns the exit status."""
     from .catalog import SHIPPED
@@ -740,7 +740,8 @@ def bench_whole_cmd(x2, x3, x4, scale, models, backends, formats, size, folder, 
     from rich.table import Table
 
     con = _table_console()
-    con.print(f"x{report['scale']} {', '.join(report['models'])}, {report['threads']} threads, best of {report['repeat']}, "
+    con.print(f"x{report['scale']} {', '.join(report['models'])}, {report['threads']} threads, "
+              f"best of {report['repeat']}, "
               f"input: {report['input']}; load average before {report['load_average']['before']}, "
               f"after {report['load_average']['after']} ({report['cpus']} CPUs)")
     t = Table(title="whole-command speed (output megapixels per second)")

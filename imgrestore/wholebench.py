@@ -58,7 +58,8 @@ import json, sys, time
 from pathlib import Path
 import numpy as np
 from PIL import Image
-model, backend, threads, repeat, source = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])
+model, backend, source = sys.argv[1], sys.argv[2], Path(sys.argv[5])
+threads, repeat = int(sys.argv[3]), int(sys.argv[4])
 if backend == "torch":
     import torch
     torch.set_num_threads(threads)
@@ -95,7 +96,7 @@ def timed(owner, name, key):
             acc[key] = acc.get(key, 0.0) + time.perf_counter() - t
     setattr(owner, name, wrapper)
 
-from imgrestore import cli, io, onnxrun, pipeline, restorer, tasks
+from imgrestore import cli, io, onnxrun, restorer
 acc["import"] = time.perf_counter() - t0
 timed(cli, "_setup_torch", "load")
 timed(cli, "_load_restorer", "load")
@@ -131,7 +132,7 @@ os._exit(code)  # as cli.main leaves
 """
 
 # the profile's phases, exclusive, in the order a command meets them:
-# the interpreter's start and exit (torch takes a while to unload); importing imgrestore's command line (numpy,
+# the interpreter's start and exit; importing imgrestore's command line (numpy,
 # Pillow, click); loading the model (torch or onnxruntime imported, weights
 # read, graph built); decoding the input (colour conversions included);
 # a tile's trip to float and back to 8 bits (the crop and quantize around
@@ -338,7 +339,7 @@ def bench_whole(scale: int, models: list[str], backends: list[str], formats: lis
                 rows.append({"case": case.name, "format": "-",
                              "method": name.replace("imgrestore upscale", "network only (tiles, no start-up or IO)"),
                              "seconds": sec, "mp_per_s": out_mp / sec, "vs_bicubic": None})
-    return {"scale": scale, "models": [shown[m] for m in models] or [f"upscale-x{scale}"], "threads": threads, "repeat": repeat,
-            "input": photo or "generated photo-like images", "load_average": {"before": load_before,
-                                                                              "after": load_average()},
-            "cpus": os.cpu_count(), "rows": rows, "profiles": profiled, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {"scale": scale, "models": [shown[m] for m in models] or [f"upscale-x{scale}"], "threads": threads,
+            "repeat": repeat, "input": photo or "generated photo-like images",
+            "load_average": {"before": load_before, "after": load_average()}, "cpus": os.cpu_count(),
+            "rows": rows, "profiles": profiled, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
