@@ -17,12 +17,12 @@ import torch
 from torch import nn
 
 from .errors import ModelNotFound, WeightsError
-from .models import colorize, encoder, sr
+from .models import colorize, encoder, hasn, rlfn, sr
 from .models.arch import ArchSpec
 
 
-ARCHS: dict[str, ArchSpec] = {a.id: a for a in (sr.ARCH, colorize.FUSION_ARCH, colorize.SEMANTIC_ARCH,
-                                                 encoder.ARCH)}
+ARCHS: dict[str, ArchSpec] = {a.id: a for a in (sr.ARCH, hasn.ARCH, rlfn.ARCH, colorize.FUSION_ARCH,
+                                                 colorize.SEMANTIC_ARCH, encoder.ARCH)}
 
 # Shipped parts that are not models a command runs: read by the models that
 # name them in their config.
