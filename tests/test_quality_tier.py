@@ -135,3 +135,30 @@ def test_distillation_refuses_a_teacher_of_another_scale(tmp_path):
     with pytest.raises(SystemExit, match="not an x2 upscaler"):
         make_task([str(data)], 2, arch="hasn", channels=8, blocks=1, patch=16, batch=2, teacher=tfile,
                   log=lambda m: None)
+
+
+def test_photo_pairs_carry_jpeg_and_noise_but_keep_clean_targets():
+    from imgrestore.tasks.upscale import SRPairs, bicubic_down
+
+    rng = np.random.default_rng(3)
+    img = np.asarray(Image.fromarray((rng.random((12, 12, 3)) * 255).astype(np.uint8)).resize((96, 96),
+                                                                                               Image.BICUBIC))
+    photo = SRPairs([img], 2, 16, min_zoom=1.0, seed=5, degrade="photo")
+    diffs = []
+    for _ in range(6):
+        lr, hr = photo.sample()
+        assert hr.shape == (32, 32, 3) and lr.shape == (16, 16, 3)
+        diffs.append(np.abs(lr.astype(int) - bicubic_down(hr, 2)).mean())  # the target is the clean HR
+    assert min(diffs) > 0  # every photo LR is degraded
+    assert max(diffs) < 20  # mildly
+    with pytest.raises(ValueError, match="one of bicubic, photo"):
+        SRPairs([img], 2, 16, degrade="blurry")
+
+
+def test_jpeg_lr_benchmark_is_harder(tmp_path):
+    from imgrestore.tasks.upscale import bicubic_up, eval_sr
+
+    folder = _photos(tmp_path / "hr", n=2, side=48)
+    clean = eval_sr(lambda lr: bicubic_up(lr, 2), folder, 2).summary()
+    jpeg = eval_sr(lambda lr: bicubic_up(lr, 2), folder, 2, lr_jpeg=20).summary()
+    assert jpeg["psnr"] < clean["psnr"] - 0.1

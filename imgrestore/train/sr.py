@@ -49,7 +49,7 @@ def load_teacher(path: Path, scale: int, log=print):
 def make_task(data: list[str], scale: int, *, arch: str = "ecbsr", channels: int = 32, blocks: int = 4,
               patch: int = 48, batch: int = 16, val: list[str] | None = None,
               init: Path | None = None, teacher: Path | None = None, distill: float = 0.5,
-              seed: int = 0, log=print) -> TrainTask:
+              degrade: str = "bicubic", seed: int = 0, log=print) -> TrainTask:
     torch.manual_seed(seed)
     cls, extra = ARCHS[arch]
     config = dict(scale=scale, colors=3, channels=channels, blocks=blocks, **extra)
@@ -60,7 +60,7 @@ def make_task(data: list[str], scale: int, *, arch: str = "ecbsr", channels: int
     files = list_images(data)
     images = load_rgb(files, min_side=patch * scale)
     log(f"loaded {len(images)} training images from {', '.join(map(str, data))}")
-    pairs = TASK.pairs(images, scale, patch, seed=seed)
+    pairs = TASK.pairs(images, scale, patch, seed=seed, degrade=degrade)
 
     sample = checkpoint_sampler(pairs, batch, seed)
 
@@ -84,7 +84,9 @@ def make_task(data: list[str], scale: int, *, arch: str = "ecbsr", channels: int
         quick_eval=(lambda m: evaluate(m, val[:1])) if val else None,
         provenance=dict(
             data=[Path(d).name for d in data], images=len(images), patch_lr=patch, batch=batch,
-            degradation="pillow bicubic downscale of HR crops zoomed out by U(0.5, 1)",
+            degradation="pillow bicubic downscale of HR crops zoomed out by U(0.5, 1)" + (
+                "; then, on half the LR crops, Gaussian noise of sigma U(0, 4), and a Pillow JPEG of quality "
+                "U(60, 95), 4:2:0 or 4:4:4" if degrade == "photo" else ""),
             loss=f"L1, {distill:g} of it to the teacher's output" if teacher else "L1",
             teacher=teacher_note, optimizer="Adam(0.9, 0.99) cosine", init=str(Path(init).name) if init else None,
             seed=seed,
