@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch import ArchSpec
+from .sr import shuffle_residual
 
 NEG_SLOPE = 0.05  # leaky ReLU: cheaper on the CPU than GELU, and sign-free at the gates' inputs
 
@@ -196,11 +197,7 @@ class HASN(nn.Module):
         if self.fuse is not None:
             y = self.fuse(torch.cat(outs, dim=1))
         y = F.leaky_relu(self.body(y), NEG_SLOPE) + h
-        y = self.tail(y) + x.repeat_interleave(s * s, dim=1)
-        y = F.pixel_shuffle(y, s)
-        if not self.training:
-            y = y.clamp(0.0, 1.0)
-        return y
+        return shuffle_residual(self.tail(y), x, s, self.training)
 
     @torch.no_grad()
     def reparameterize(self) -> "HASN":
