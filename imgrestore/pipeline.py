@@ -44,7 +44,7 @@ class Options:
     dir_suffix: str = ""  # added to the stem inside an output folder (only if asked for)
     format: str = "auto"  # png | jpg | webp | tiff | auto (the input's, or -o's extension)
     quality: int = 95
-    png_level: int | None = None  # PNG zlib level 0-9; None: io.png_level_for the size
+    png_level: int | None = None  # PNG zlib level 0-9; None: the fast writer (io.PngStream)
     tile: int | None = 256
     overlap: int | None = None  # None: the model's receptive radius (exact tiling)
     overwrite: bool = False

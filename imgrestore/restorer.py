@@ -64,10 +64,10 @@ class Restorer:
     returns the same kind. `restore_picture` is the pipeline's entry."""
 
     def __init__(self, model, wf, spec, device, name: str):
-        """`model`: the network, folded and on `device`; `wf`: its
-        `weights.WeightsFile`; `spec`: its `models.arch.ArchSpec`."""
-        import torch
-
+        """`model`: the network, folded and on `device` (in channels_last:
+        small-channel 3x3 convs run faster on the CPU in it, measured in
+        weights/MODEL_CARD.md); `wf`: its `weights.WeightsFile`; `spec`: its
+        `models.arch.ArchSpec`."""
         self.model = model
         self.meta = wf
         self.spec = spec
@@ -77,10 +77,9 @@ class Restorer:
         self.scale = wf.scale
         self.radius = spec.receptive_radius(wf.config)
         self.size_multiple = spec.size_multiple
+        self.tile_safe = spec.tile_safe
         self.default_tile = spec.tile  # the command's tile side when --tile is not given
-        # channels_last: small-channel 3x3 convs run faster on the CPU in it
-        # (measured in weights/MODEL_CARD.md)
-        self.memory_format = torch.channels_last
+        self.backend = "torch"
         # lines for the user about how it was set up (the CLI shows them once)
         self.notes: list[str] = []
 
@@ -115,7 +114,7 @@ class Restorer:
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
         with torch.inference_mode():
-            y = self.net_call(x.to(self.device, memory_format=self.memory_format))
+            y = self.net_call(x.to(self.device, memory_format=torch.channels_last))
             if ph or pw:
                 y = y[..., : h * self.scale, : w * self.scale]
             return y.clamp_(0.0, 1.0)
@@ -128,11 +127,9 @@ class Restorer:
         Quantized tile by tile: never a full-size float copy, and a caller
         that streams bands never holds the whole output. An architecture
         whose tiled run would differ (`tile_safe` False) runs whole."""
-        import torch
-
         h, w, c = px.shape
         s = self.scale
-        tile = tile if self.spec.tile_safe else None
+        tile = tile if self.tile_safe else None
         overlap = self.radius if overlap is None else overlap
         tiles = tiling.plan(h, w, tile, overlap, align=self.size_multiple)
         done = 0
@@ -142,7 +139,7 @@ class Restorer:
             for t in row:
                 # inference mode per tile, never across a yield: the mode is
                 # thread state and would leak into the caller
-                with torch.inference_mode():
+                with self._inference():
                     self._run_tile(px, t, band)
                 done += 1
                 if on_tile:
@@ -158,7 +155,13 @@ class Restorer:
             out[oy:oy + band.shape[0]] = band
         return out
 
+    def _inference(self):
+        import torch
+
+        return torch.inference_mode()
+
     def _run_tile(self, px: np.ndarray, t: tiling.Tile, band: np.ndarray) -> None:
+        """Run the tile `t` of `px` and write its kept part into `band`."""
         from .tensors import to_pixels, to_tensor
 
         s = self.scale

@@ -64,6 +64,8 @@ SAMPLES = {
     "semantic-colornet": (dict(encoder_config=TINY_ENC, width=8, global_dim=16, classes=5, mid_blocks=1),
                           (2, 1, 32, 48), "colorize"),
     "efficientnet-lite": (TINY_ENC, (1, 3, 32, 32), "encoder"),
+    "hasn": (dict(scale=3, colors=3, channels=8, blocks=2, attn=4, squeeze=2, window=5), (1, 3, 11, 9), "upscale"),
+    "rlfn": (dict(scale=2, colors=3, channels=8, blocks=2, esa=4), (1, 3, 24, 20), "upscale"),
     "jsnet": (dict(task="denoise", channels=8, cells=TINY_CELLS), (2, 3, 16, 12), "denoise"),
 }
 

@@ -51,8 +51,11 @@ class _MaskBranch(nn.Module):
         super().__init__()
         assert abs(float(mask.sum())) < 1e-6, "a bias before a mask with non-zero sum is not dead"
         self.conv = nn.Conv2d(cin, cout, 1, bias=False)
-        self.scale = nn.Parameter(torch.randn(cout) * 1e-3)
-        self.bias = nn.Parameter(torch.randn(cout) * 1e-3)
+        # small random start (std 1e-3), drawn by uniform_: it has a C++ meta
+        # kernel, so the registry's shape check (built on the meta device)
+        # does not load torch's Python meta kernels, over a second at start-up
+        self.scale = nn.Parameter(torch.empty(cout).uniform_(-1.7e-3, 1.7e-3))
+        self.bias = nn.Parameter(torch.empty(cout).uniform_(-1.7e-3, 1.7e-3))
         self.register_buffer("mask", mask.clone(), persistent=False)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -42,6 +42,16 @@ class ECBSRConfig:
         return list(self.widths) if self.widths else [self.channels] * (self.blocks + 1)
 
 
+def shuffle_residual(y: torch.Tensor, x: torch.Tensor, scale: int, training: bool) -> torch.Tensor:
+    """The upscalers' output: the tail's (B, C*s*s, H, W) channels (channel
+    c*s*s + k is colour c at sub-pixel k) plus the input repeated s*s times
+    (nearest-neighbour upsampling as the base), pixel-shuffled to (B, C, H*s,
+    W*s); clipped to [0, 1] outside training, so it quantizes cleanly."""
+    y = y + x.repeat_interleave(scale * scale, dim=1)
+    y = F.pixel_shuffle(y, scale)
+    return y if training else y.clamp(0.0, 1.0)
+
+
 class ECBSR(nn.Module):
     def __init__(self, **kwargs):
         super().__init__()
@@ -86,12 +96,7 @@ class ECBSR(nn.Module):
                 y = layer(y)
             if i < last:
                 y = self.acts[i](y)
-        # (B, C*s*s, H, W): channel c*s*s + k is colour c at sub-pixel k
-        y = y + x.repeat_interleave(s * s, dim=1)
-        y = F.pixel_shuffle(y, s)  # (B, C, H*s, W*s)
-        if not self.training:
-            y = y.clamp(0.0, 1.0)
-        return y
+        return shuffle_residual(y, x, s, self.training)
 
     @torch.no_grad()
     def reparameterize(self) -> "ECBSR":

@@ -32,12 +32,27 @@ def get(name: str, source: object = "") -> Task:
 
 
 def load(model: str | os.PathLike = "upscale-x4", device: str = "auto", task: str | None = None,
-         **settings):
+         backend: str = "torch", threads: int | None = None, **settings):
     """Load a shipped model by name, or any imgrestore weights file by path,
     ready to run (re-parameterizable branches folded once, here), as its
     task's restorer built with `settings` (colorize: render_size,
     saturation, reference). With `task`, a model of another task is a
-    `WrongTask` error."""
+    `WrongTask` error. `backend` "onnx" runs the model's exported graph
+    (`onnxrun`; `threads` its threads) and imports no torch; a task whose
+    network is not exported for it is a `BackendError`."""
+    if backend == "onnx":
+        from ..onnxrun import BackendError
+        from ..onnxrun import load as load_onnx
+
+        t = get(task or "upscale")
+        if "onnx" not in t.backends:
+            raise BackendError(f"{t.name} runs on --backend torch only ({t.noun}'s read-out around its "
+                               "network is PyTorch code)")
+        if settings:
+            raise BackendError(f"--backend onnx takes no settings of {t.name} ({', '.join(settings)})")
+        return load_onnx(model, t, threads=threads, device=device)
+    if backend != "torch":
+        raise ValueError(f"unknown backend {backend!r} (torch or onnx)")
     import torch
 
     from .. import registry, weights

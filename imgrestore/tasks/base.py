@@ -38,6 +38,9 @@ class Task:
     # wrapper of it (upscale: any scale, a width or a height)
     wrap: Callable[[Any, dict, Callable[[str], Any], bool], Any] = lambda restorer, values, load, chosen: restorer
     tiled: bool = True  # the command tiles (--tile, --tile-overlap mean something)
+    # what runs its models: "torch", and "onnx" where the exported network
+    # is the whole model (an image in, the restored image out: `onnxrun`)
+    backends: tuple[str, ...] = ("torch",)
     # how training pairs are made: a sampler class with `.rng` and `.batch(n)`
     pairs: type | None = None
     # (raw model, folder or files, limit) -> quality summary, next to the

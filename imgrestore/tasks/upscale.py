@@ -144,15 +144,48 @@ def bicubic_up(lr: np.ndarray, scale: int) -> np.ndarray:
     return np.asarray(Image.fromarray(lr).resize((w * scale, h * scale), Image.BICUBIC))
 
 
-def sr_pair(path: Path, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """(LR, HR) uint8 arrays of one photo as the benchmark defines them."""
+def jpeg_roundtrip(a: np.ndarray, quality: int, subsampling: int = 2) -> np.ndarray:
+    """(H, W, 3) uint8 saved as a Pillow JPEG of `quality` (`subsampling`
+    0: 4:4:4, 2: 4:2:0, what cameras write) and decoded again."""
+    import io as _io
+
+    from PIL import Image
+
+    buf = _io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG", quality=int(quality), subsampling=subsampling)
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+# the photo variant's training degradation of an LR crop: sensor noise (half
+# the crops; sigma uniform up to this, 0..255 scale), then a JPEG of a
+# uniform quality in this range, 4:2:0 or 4:4:4 at random
+PHOTO_NOISE_MAX = 4.0
+PHOTO_JPEG_QUALITY = (60, 95)
+
+
+def degrade_photo(lr: np.ndarray, rng: random.Random) -> np.ndarray:
+    """What a camera JPEG does to an LR crop, at random strength."""
+    a = lr
+    if rng.random() < 0.5:
+        sigma = rng.uniform(0.0, PHOTO_NOISE_MAX)
+        noise = np.random.default_rng(rng.getrandbits(32)).normal(0.0, sigma, a.shape)
+        a = np.clip(a + noise, 0, 255).round().astype(np.uint8)
+    return jpeg_roundtrip(a, rng.randint(*PHOTO_JPEG_QUALITY), rng.choice((0, 2)))
+
+
+def sr_pair(path: Path, scale: int, lr_jpeg: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(LR, HR) uint8 arrays of one photo as the benchmark defines them;
+    with `lr_jpeg` the LR is saved as a JPEG of that quality (4:2:0) first,
+    as a camera photo would be."""
     from PIL import Image
 
     with Image.open(path) as im:
         hr = np.asarray(im.convert("RGB"))
     h, w = hr.shape[:2]
     hr = hr[:h - h % scale, :w - w % scale]
-    return bicubic_down(hr, scale), hr
+    lr = bicubic_down(hr, scale)
+    return (jpeg_roundtrip(lr, lr_jpeg) if lr_jpeg else lr), hr
 
 
 def load_rgb(files: list[Path], min_side: int) -> list[np.ndarray]:
@@ -186,11 +219,18 @@ class SRPairs:
 
     Each HR crop is first taken at a random zoom-out in [min_zoom, 1] (it
     weakens the sources' JPEG artefacts and widens the range of frequencies
-    seen), then LR is its Pillow bicubic downscale.
+    seen), then LR is its Pillow bicubic downscale; with `degrade="photo"`
+    the LR then carries what a camera JPEG does (`degrade_photo`), while
+    the target stays the clean HR.
     """
 
+    DEGRADATIONS = ("bicubic", "photo")
+
     def __init__(self, images: list[np.ndarray], scale: int, patch: int, min_zoom: float = 0.5,
-                 seed: int = 0):
+                 seed: int = 0, degrade: str = "bicubic"):
+        if degrade not in self.DEGRADATIONS:
+            raise ValueError(f"degradation {degrade!r}: one of {', '.join(self.DEGRADATIONS)}")
+        self.degrade = degrade
         self.images = images
         self.scale = scale
         self.patch = patch  # LR patch side
@@ -214,7 +254,8 @@ class SRPairs:
         if src != hr_side:
             crop = np.asarray(Image.fromarray(crop).resize((hr_side, hr_side), Image.BICUBIC))
         crop, = augment(crop, rng=rng)
-        return bicubic_down(crop, self.scale), crop
+        lr = bicubic_down(crop, self.scale)
+        return (degrade_photo(lr, rng) if self.degrade == "photo" else lr), crop
 
     def batch(self, n: int):
         """(LR (n, 3, p, p), HR (n, 3, p*s, p*s)) float in [0, 1]."""
@@ -254,13 +295,14 @@ class SRResult:
 
 
 def eval_sr(upscale: Callable[[np.ndarray], np.ndarray], folder: str | Path, scale: int,
-            limit: int | None = None) -> SRResult:
-    """Run `upscale` (uint8 LR -> uint8 SR) over a folder of HR images."""
+            limit: int | None = None, lr_jpeg: int | None = None) -> SRResult:
+    """Run `upscale` (uint8 LR -> uint8 SR) over a folder of HR images (LR
+    saved as a JPEG of quality `lr_jpeg` first, if given)."""
     from ..io import list_images
 
     res = SRResult(str(folder), scale)
     for path in list_images([folder])[:limit]:
-        lr, hr = sr_pair(path, scale)
+        lr, hr = sr_pair(path, scale, lr_jpeg)
         p, s = sr_scores(upscale(lr), hr, scale)
         pb, sb = sr_scores(bicubic_up(lr, scale), hr, scale)
         res.images.append({"name": path.name, "psnr": p, "ssim": s, "psnr_bicubic": pb, "ssim_bicubic": sb})
@@ -382,4 +424,5 @@ TASK = Task(
     cost_key="gmacs_per_output_mp",
     cost_unit="per output MP",
     net=NET,
+    backends=("torch", "onnx"),
 )

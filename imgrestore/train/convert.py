@@ -123,3 +123,52 @@ def convert_efficientnet_lite0(out: Path, source: Path | None = None, check: Pat
                  scale=1, provenance=prov)
     log(f"wrote {out}")
     return prov
+
+
+RLFN_SOURCE = dict(
+    package="bytedance/RLFN on GitHub, model_zoo/rlfn_x2.pth and rlfn_x4.pth (the 52-channel release)",
+    licence="Apache-2.0",
+    origin="Kong et al. 2022, Residual Local Feature Network for Efficient Super-Resolution (ByteDance)",
+)
+
+
+def rlfn_config(sd: dict) -> dict:
+    """The RLFN shape a state dict holds: width, blocks, attention width and
+    scale (from the tail's channels: colours * scale**2)."""
+    c = sd["conv_1.weight"].shape[0]
+    blocks = sum(1 for k in sd if k.startswith("block_") and k.endswith(".c1_r.weight"))
+    esa = sd["block_1.esa.conv1.weight"].shape[0] if blocks else 16
+    out = sd["upsampler.0.weight"].shape[0]
+    colors = sd["conv_1.weight"].shape[1]
+    scale = int(round((out / colors) ** 0.5))
+    if colors * scale**2 != out:
+        raise SystemExit(f"the tail has {out} channels: not {colors} colours times a square scale")
+    return dict(scale=scale, colors=colors, channels=c, blocks=blocks, esa=esa)
+
+
+def convert_rlfn(source: Path, out: Path, check: Path | None = None, log=print) -> dict:
+    """RLFN's released `.pth` -> a weights file of our `rlfn` architecture (a
+    teacher for distillation and a peer for `bench`; task upscale). Checked
+    by its Y-PSNR gain over bicubic on the `check` photos, which must be
+    positive (a wrong mapping gives noise)."""
+    from ..models.rlfn import RLFN
+    from ..tasks.upscale import evaluate
+
+    sd = torch.load(source, map_location="cpu", weights_only=True)
+    config = rlfn_config(sd)
+    model = RLFN(**config).eval()
+    model.load_state_dict(sd, strict=True)
+    prov = dict(RLFN_SOURCE, source_file=Path(source).name,
+                source_sha256=hashlib.sha256(Path(source).read_bytes()).hexdigest(),
+                input="0..1 (scaled to the release's 0..255 inside)")
+    if check is not None:
+        q = evaluate(model, check)
+        log(f"check on {Path(check).name}: {q['images']} photos, Y-PSNR {q['psnr']:.3f} dB, "
+            f"{q['gain_db']:+.3f} dB over bicubic")
+        if q["gain_db"] <= 0:
+            raise SystemExit(f"conversion check failed: {q['gain_db']:+.3f} dB over bicubic")
+        prov["check"] = dict(on=Path(check).name, images=q["images"], psnr=q["psnr"], gain_db=q["gain_db"])
+    weights.save(out, model.state_dict(), arch="rlfn", config=model.config(), task="upscale",
+                 scale=config["scale"], provenance=prov)
+    log(f"wrote {out} (x{config['scale']}, {sum(p.numel() for p in model.parameters()):,} parameters)")
+    return prov

@@ -1,4 +1,12 @@
-"""Super-resolution training task: bicubic-downscaled pairs, L1 loss."""
+"""Super-resolution training task: bicubic-downscaled pairs, L1 loss.
+
+Two architectures: `ecbsr` (the fast tier) and `hasn` (the quality tier).
+With a `teacher` (a weights file of a stronger upscaler of the same scale,
+e.g. RLFN converted by `imgrestore convert rlfn`) the loss is distilled:
+`distill` of it is L1 to the teacher's output on the same LR crop, the rest
+L1 to the HR crop. The teacher only shapes the training; the shipped network
+is ours, and its provenance names the teacher, its file's SHA-256 and its
+licence."""
 
 from __future__ import annotations
 
@@ -8,42 +16,79 @@ import torch
 import torch.nn.functional as F
 
 from ..io import list_images
+from ..models.hasn import HASN
 from ..models.sr import ECBSR
 from ..tasks.base import checkpoint_sampler
 from ..tasks.upscale import TASK, load_rgb
 from .loop import TrainTask, init_from
 
 
-def make_task(data: list[str], scale: int, *, channels: int = 32, blocks: int = 4,
+ARCHS = {"ecbsr": (ECBSR, dict(mid_mult=2.0)), "hasn": (HASN, {})}
+
+
+def load_teacher(path: Path, scale: int, log=print):
+    """A frozen upscaler of `scale` from its weights file, and the line of
+    provenance that names it."""
+    import hashlib
+
+    from .. import registry, weights
+
+    wf = weights.read(path)
+    if wf.task != "upscale" or wf.scale != scale:
+        raise SystemExit(f"teacher {path}: a {wf.task} x{wf.scale} model, not an x{scale} upscaler")
+    net = registry.build_from_weights(wf).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    src = wf.provenance if isinstance(wf.provenance, dict) else {}
+    note = dict(arch=wf.arch, file=Path(path).name, sha256=hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+                **{k: src[k] for k in ("licence", "origin", "package", "source_file") if k in src})
+    log(f"teacher {Path(path).name}: {wf.arch} x{wf.scale}, {registry.count_params(net):,} parameters")
+    return net, note
+
+
+def make_task(data: list[str], scale: int, *, arch: str = "ecbsr", channels: int = 32, blocks: int = 4,
               patch: int = 48, batch: int = 16, val: list[str] | None = None,
-              init: Path | None = None, seed: int = 0, log=print) -> TrainTask:
+              init: Path | None = None, teacher: Path | None = None, distill: float = 0.5,
+              degrade: str = "bicubic", seed: int = 0, log=print) -> TrainTask:
     torch.manual_seed(seed)
-    config = dict(scale=scale, colors=3, channels=channels, blocks=blocks, mid_mult=2.0)
-    model = ECBSR(**config)
+    cls, extra = ARCHS[arch]
+    config = dict(scale=scale, colors=3, channels=channels, blocks=blocks, **extra)
+    model = cls(**config)
+    config = model.config()
     if init:
         init_from(model, init, log)
     files = list_images(data)
     images = load_rgb(files, min_side=patch * scale)
     log(f"loaded {len(images)} training images from {', '.join(map(str, data))}")
-    pairs = TASK.pairs(images, scale, patch, seed=seed)
+    pairs = TASK.pairs(images, scale, patch, seed=seed, degrade=degrade)
 
     sample = checkpoint_sampler(pairs, batch, seed)
 
+    teach, teacher_note = load_teacher(teacher, scale, log) if teacher else (None, None)
+
     def loss(m, b):
         lr, hr = b
-        return F.l1_loss(m(lr), hr)
+        y = m(lr)
+        if teach is None or not distill:
+            return F.l1_loss(y, hr)
+        with torch.no_grad():
+            want = teach(lr)
+        return (1 - distill) * F.l1_loss(y, hr) + distill * F.l1_loss(y, want)
 
     def evaluate(m, folders=val or []):
         return {Path(f).name: TASK.evaluate(m, f) for f in folders}
 
     return TrainTask(
-        arch="ecbsr", task=TASK.name, scale=scale, model=model, config=config,
+        arch=arch, task=TASK.name, scale=scale, model=model, config=config,
         batch=sample, loss=loss, evaluate=evaluate,
         quick_eval=(lambda m: evaluate(m, val[:1])) if val else None,
         provenance=dict(
             data=[Path(d).name for d in data], images=len(images), patch_lr=patch, batch=batch,
-            degradation="pillow bicubic downscale of HR crops zoomed out by U(0.5, 1)",
-            loss="L1", optimizer="Adam(0.9, 0.99) cosine", init=str(Path(init).name) if init else None,
+            degradation="pillow bicubic downscale of HR crops zoomed out by U(0.5, 1)" + (
+                "; then, on half the LR crops, Gaussian noise of sigma U(0, 4), and a Pillow JPEG of quality "
+                "U(60, 95), 4:2:0 or 4:4:4" if degrade == "photo" else ""),
+            loss=f"L1, {distill:g} of it to the teacher's output" if teacher else "L1",
+            teacher=teacher_note, optimizer="Adam(0.9, 0.99) cosine", init=str(Path(init).name) if init else None,
             seed=seed,
         ),
     )

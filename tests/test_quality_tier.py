@@ -1,0 +1,164 @@
+"""The quality tier's network (HASN) and its distillation teacher (RLFN)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import randomize
+from imgrestore import registry, tasks, weights
+from imgrestore.models.hasn import HASN, local_mean
+from imgrestore.models.rlfn import RLFN
+
+TINY = dict(channels=8, blocks=2, attn=4, squeeze=2, window=5)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_hasn_fold_equals_branches(scale):
+    model = randomize(HASN(scale=scale, **TINY), std=0.2).eval()
+    x = torch.rand(1, 3, 13, 10)
+    with torch.no_grad():
+        branched = model.forward_branched(x)
+        online = model(x)
+        model.reparameterize()
+        folded = model(x)
+        model.reparameterize()  # idempotent
+        again = model(x)
+    assert folded.shape == (1, 3, 13 * scale, 10 * scale)
+    assert (branched - online).abs().max() < 1e-5
+    assert (branched - folded).abs().max() < 1e-5
+    assert torch.equal(folded, again)
+    assert model.cfg.deploy and all(b.dw.dw1 is None for b in model.blocks)
+
+
+def test_local_mean_is_the_windowed_mean_of_real_pixels():
+    x = torch.rand(1, 2, 9, 7)
+    got = local_mean(x, 5)
+    # by hand at a corner (3x3 real pixels of the 5x5 window) and inside
+    assert torch.allclose(got[0, :, 0, 0], x[0, :, :3, :3].mean(dim=(1, 2)), atol=1e-6)
+    assert torch.allclose(got[0, :, 4, 3], x[0, :, 2:7, 1:6].mean(dim=(1, 2)), atol=1e-6)
+
+
+def test_hasn_starts_near_nearest_neighbour():
+    # the tail starts small, so an untrained network is close to its base
+    model = HASN(scale=2, **TINY).eval()
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        err = (model(x) - torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")).abs().mean()
+    assert err < 0.1
+
+
+def _save(model, path, arch, scale):
+    weights.save(path, registry.own_state(model), arch=arch, config=model.config(), task="upscale", scale=scale)
+    return path
+
+
+def test_hasn_tiled_equals_untiled(tmp_path):
+    model = randomize(HASN(scale=2, **TINY), std=0.15)
+    r = tasks.load(_save(model, tmp_path / "q.safetensors", "hasn", 2), task="upscale")
+    px = (np.random.default_rng(1).random((37, 29, 3)) * 255).astype(np.uint8)
+    whole = r.run_pixels(px, tile=None).astype(int)
+    for tile in (12, 20):
+        assert np.abs(r.run_pixels(px, tile=tile).astype(int) - whole).max() <= 1
+
+
+def test_rlfn_runs_whole_images(tmp_path):
+    # its attention upsamples a coarse map: a tile would differ, so it is never tiled
+    model = randomize(RLFN(scale=2, channels=8, blocks=2, esa=4), std=0.05)
+    r = tasks.load(_save(model, tmp_path / "t.safetensors", "rlfn", 2), task="upscale")
+    px = (np.random.default_rng(2).random((40, 30, 3)) * 255).astype(np.uint8)
+    assert np.array_equal(r.run_pixels(px, tile=16), r.run_pixels(px, tile=None))
+
+
+def test_convert_rlfn_reads_the_release_layout(tmp_path):
+    from imgrestore.train.convert import convert_rlfn
+
+    ref = randomize(RLFN(scale=3, channels=8, blocks=2, esa=4), std=0.05).eval()
+    src = tmp_path / "rlfn_x3.pth"
+    torch.save(ref.state_dict(), src)  # the release's key names are ours
+    out = tmp_path / "rlfn-x3.safetensors"
+    prov = convert_rlfn(src, out, log=lambda m: None)
+    wf = weights.read(out)
+    assert (wf.arch, wf.task, wf.scale) == ("rlfn", "upscale", 3)
+    assert wf.config == dict(scale=3, colors=3, channels=8, blocks=2, esa=4)
+    assert prov["licence"] == "Apache-2.0" and len(prov["source_sha256"]) == 64
+    again = registry.build_from_weights(wf).eval()
+    x = torch.rand(1, 3, 20, 18)
+    with torch.no_grad():
+        assert torch.equal(again(x), ref(x))
+
+
+def test_convert_rlfn_refuses_a_wrong_tail(tmp_path):
+    from imgrestore.train.convert import convert_rlfn
+
+    sd = RLFN(scale=2, channels=8, blocks=1, esa=4).state_dict()
+    sd["upsampler.0.weight"] = torch.zeros(10, 8, 3, 3)
+    sd["upsampler.0.bias"] = torch.zeros(10)
+    torch.save(sd, tmp_path / "bad.pth")
+    with pytest.raises(SystemExit, match="square scale"):
+        convert_rlfn(tmp_path / "bad.pth", tmp_path / "o.safetensors", log=lambda m: None)
+
+
+def _photos(folder, n=3, side=40):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        a = rng.random((side // 4, side // 4, 3))
+        Image.fromarray((a * 255).astype(np.uint8)).resize((side, side), Image.BICUBIC).save(folder / f"p{i}.png")
+    return folder
+
+
+def test_distillation_names_its_teacher_and_pulls_toward_it(tmp_path):
+    from imgrestore.train.sr import make_task
+
+    data = _photos(tmp_path / "hr")
+    teacher = randomize(RLFN(scale=2, channels=8, blocks=1, esa=4), std=0.05)
+    tfile = _save(teacher, tmp_path / "teacher.safetensors", "rlfn", 2)
+    task = make_task([str(data)], 2, arch="hasn", channels=8, blocks=1, patch=16, batch=2,
+                     teacher=tfile, distill=1.0, log=lambda m: None)
+    note = task.provenance["teacher"]
+    assert note["arch"] == "rlfn" and note["file"] == "teacher.safetensors" and len(note["sha256"]) == 64
+    # with all of the loss on the teacher, a batch's loss is the L1 to the teacher's output
+    b = task.batch(0)
+    with torch.no_grad():
+        want = torch.nn.functional.l1_loss(task.model(b[0]), teacher.eval()(b[0]))
+        assert torch.allclose(task.loss(task.model, b), want)
+
+
+def test_distillation_refuses_a_teacher_of_another_scale(tmp_path):
+    from imgrestore.train.sr import make_task
+
+    data = _photos(tmp_path / "hr")
+    tfile = _save(RLFN(scale=4, channels=8, blocks=1, esa=4), tmp_path / "t4.safetensors", "rlfn", 4)
+    with pytest.raises(SystemExit, match="not an x2 upscaler"):
+        make_task([str(data)], 2, arch="hasn", channels=8, blocks=1, patch=16, batch=2, teacher=tfile,
+                  log=lambda m: None)
+
+
+def test_photo_pairs_carry_jpeg_and_noise_but_keep_clean_targets():
+    from imgrestore.tasks.upscale import SRPairs, bicubic_down
+
+    rng = np.random.default_rng(3)
+    img = np.asarray(Image.fromarray((rng.random((12, 12, 3)) * 255).astype(np.uint8)).resize((96, 96),
+                                                                                               Image.BICUBIC))
+    photo = SRPairs([img], 2, 16, min_zoom=1.0, seed=5, degrade="photo")
+    diffs = []
+    for _ in range(6):
+        lr, hr = photo.sample()
+        assert hr.shape == (32, 32, 3) and lr.shape == (16, 16, 3)
+        diffs.append(np.abs(lr.astype(int) - bicubic_down(hr, 2)).mean())  # the target is the clean HR
+    assert min(diffs) > 0  # every photo LR is degraded
+    assert max(diffs) < 20  # mildly
+    with pytest.raises(ValueError, match="one of bicubic, photo"):
+        SRPairs([img], 2, 16, degrade="blurry")
+
+
+def test_jpeg_lr_benchmark_is_harder(tmp_path):
+    from imgrestore.tasks.upscale import bicubic_up, eval_sr
+
+    folder = _photos(tmp_path / "hr", n=2, side=48)
+    clean = eval_sr(lambda lr: bicubic_up(lr, 2), folder, 2).summary()
+    jpeg = eval_sr(lambda lr: bicubic_up(lr, 2), folder, 2, lr_jpeg=20).summary()
+    assert jpeg["psnr"] < clean["psnr"] - 0.1

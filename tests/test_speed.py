@@ -1,0 +1,225 @@
+"""Whole-process speed work (issue #19): the whole-command bench, start-up
+imports, the torch-free onnx backend."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgrestore import catalog
+from imgrestore.bench import psnr
+from imgrestore.tasks import TASKS, load
+from imgrestore.wholebench import photo_like
+
+
+def test_generated_bench_images_are_not_flat():
+    a = photo_like(96, 128, seed=1)
+    assert a.shape == (96, 128, 3) and a.dtype == np.uint8
+    # a photo's spread of values, detail at the pixel scale, and colour
+    assert a.std() > 25
+    assert np.abs(np.diff(a.astype(int), axis=1)).mean() > 1
+    assert np.abs(a[..., 0].astype(int) - a[..., 1]).mean() > 3
+    assert not np.array_equal(a, photo_like(96, 128, seed=2))
+
+
+def test_bench_whole_times_the_command_next_to_bicubic(cli, tiny_x2):
+    code, out, err = cli("bench", "whole", "--x2", "--model", tiny_x2, "--size", "40x30", "--folder", "2x16x12",
+                         "--format", "jpeg", "--repeat", "1", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    rows = {(r["case"], r["method"]) for r in report["rows"]}
+    for case in ("40x30", "folder 2 x 16x12"):
+        assert (case, "imgrestore upscale, torch") in rows
+        assert (case, "Pillow bicubic, whole process (reference)") in rows
+        assert (case, "network only (tiles, no start-up or IO), torch") in rows
+    big = next(r for r in report["rows"] if r["case"] == "40x30" and r["method"] == "imgrestore upscale, torch")
+    assert big["format"] == "jpg" and abs(big["mp_per_s"] * big["seconds"] - 40 * 30 * 4 / 1e6) < 1e-9
+    assert report["threads"] == 2 and report["repeat"] == 1
+
+
+def test_bench_whole_refuses_bad_sizes(cli):
+    code, _, err = cli("bench", "whole", "--size", "2000")
+    assert code == 2 and "WxH" in err
+    code, _, err = cli("bench", "whole", "--format", "gif")
+    assert code == 2 and "png, jpg" in err
+
+
+# ---------------------------------------------------------------- start-up
+
+MODULES_AT_EXIT = """
+import atexit, sys
+listing = sys.argv.pop(1)
+atexit.register(lambda: print(" ".join(sorted(sys.modules)), file=open(listing, "w")))
+from imgrestore.cli import cli
+cli(prog_name="imgrestore")  # main() would leave by os._exit, past atexit
+"""
+
+
+def modules_used(tmp_path, *args) -> set[str]:
+    """The modules a whole `imgrestore` command imported, run in a
+    subprocess (what a user's command costs at start-up)."""
+    listing = tmp_path / "modules.txt"
+    p = subprocess.run([sys.executable, "-c", MODULES_AT_EXIT, str(listing), *map(str, args)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return set(listing.read_text().split())
+
+
+def test_a_quiet_torch_upscale_imports_no_compiler_and_no_rich(tmp_path, tiny_x2):
+    Image.fromarray(photo_like(20, 24)).save(tmp_path / "a.png")
+    mods = modules_used(tmp_path, "upscale", "--model", tiny_x2, "-q", tmp_path / "a.png", "-o", tmp_path / "b.jpg")
+    assert (tmp_path / "b.jpg").is_file()
+    assert "torch" in mods
+    # the shape check on the meta device once pulled in torch's compiler (1.3 s)
+    assert "torch._dynamo" not in mods
+    assert not any(m == "rich" or m.startswith("rich.") for m in mods)
+
+
+# ---------------------------------------------------------------- the onnx backend
+
+ONNX_TASKS = [name for name, t in TASKS.items() if "onnx" in t.backends]
+SHIPPED_ONNX = [m.name for m in catalog.SHIPPED.values() if m.task in ONNX_TASKS]
+
+
+def _ort():
+    return pytest.importorskip("onnxruntime")
+
+
+def test_every_upscaler_ships_its_graph():
+    assert SHIPPED_ONNX == ["upscale-x2", "upscale-x3", "upscale-x4"]
+    for name in SHIPPED_ONNX:
+        assert catalog.resolve(name).with_suffix(".onnx").is_file(), name
+
+
+def test_shipped_graphs_equal_their_safetensors_twins():
+    """Each shipped .onnx is the int8 export (the faster; weights/MODEL_CARD.md)
+    of the .safetensors next to it (the SHA-256 it records) and gives its
+    image within int8's tolerance: PSNR over 40 dB against torch on a
+    photo-like image (the export measured 44.6-47.6 on photos, and a
+    0.06-0.1 dB drop on CSet14), tiled as untiled."""
+    import torch
+
+    _ort()
+    img = photo_like(45, 61, seed=3)
+    for name in SHIPPED_ONNX:
+        onnx_r = load(name, backend="onnx", threads=1)
+        torch_r = load(name, device="cpu")
+        src = catalog.resolve(name)
+        export = onnx_r.meta["provenance"]["export"]
+        assert export["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest(), \
+            f"{name}.onnx was not exported from today's {src.name}: run imgrestore export {name} again"
+        assert export["precision"] == "int8"
+        assert onnx_r.scale == torch_r.scale and onnx_r.radius == torch_r.radius
+        x = img[None].transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
+        with torch.inference_mode():
+            want = torch_r.model(torch.from_numpy(x)).numpy()
+        got = onnx_r.sess.run(None, {onnx_r.input_name: x})[0]
+        assert got.shape == want.shape and psnr(got, want, peak=1.0) > 40, name
+        whole = onnx_r.run_pixels(img, tile=None)
+        assert psnr(whole, torch_r.run_pixels(img, tile=None)) > 40, name
+        assert np.abs(onnx_r.run_pixels(img, tile=16).astype(int) - whole).max() <= 1, name
+
+
+def test_onnx_tiles_equal_the_whole_image():
+    _ort()
+    r = load("upscale-x3", backend="onnx", threads=1)
+    img = photo_like(37, 50, seed=4)
+    whole = r.run_pixels(img, tile=None)
+    assert whole.shape == (111, 150, 3)
+    for tile in (8, 13, 20):
+        assert np.abs(r.run_pixels(img, tile=tile).astype(int) - whole).max() <= 1, tile
+
+
+def test_onnx_backend_never_imports_torch(tmp_path):
+    _ort()
+    Image.fromarray(photo_like(20, 24)).save(tmp_path / "a.png")
+    rgba = np.dstack([photo_like(12, 10, seed=2), np.full((12, 10), 128, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "b.png")
+    mods = modules_used(tmp_path, "upscale", "--x2", "--backend", "onnx", "-q", tmp_path / "a.png",
+                        tmp_path / "b.png", "-o", tmp_path / "out")
+    with Image.open(tmp_path / "out" / "a.png") as im:
+        assert im.size == (48, 40)
+    with Image.open(tmp_path / "out" / "b.png") as im:
+        assert im.size == (20, 24) and im.mode == "RGBA"
+    assert "onnxruntime" in mods
+    assert not any(m == "torch" or m.startswith("torch.") for m in mods)
+
+
+def test_onnx_backend_cli_matches_torch(cli, tmp_path):
+    _ort()
+    Image.fromarray(photo_like(30, 41, seed=5)).save(tmp_path / "a.png")
+    outs = {}
+    for backend in ("torch", "onnx"):
+        code, _, err = cli("upscale", "--x4", "--backend", backend, tmp_path / "a.png", "-o",
+                           tmp_path / f"{backend}.png", "--json", "-q")
+        assert code == 0, err
+        outs[backend] = np.asarray(Image.open(tmp_path / f"{backend}.png")).astype(int)
+    assert outs["torch"].shape == outs["onnx"].shape == (120, 164, 3)
+    assert psnr(outs["torch"], outs["onnx"]) > 40  # the shipped graph is int8
+
+
+def test_onnx_backend_says_what_it_cannot_do(cli, tmp_path, tiny_x2, tiny_color):
+    _ort()
+    Image.fromarray(photo_like(16, 16)).save(tmp_path / "a.png")
+    code, _, err = cli("upscale", "--backend", "onnx", "--model", tiny_x2, tmp_path / "a.png", "-o", tmp_path / "o")
+    assert code == 2 and "has no ONNX graph" in err and "imgrestore export" in err, err
+    code, _, err = cli("colorize", "--backend", "onnx", "--model", tiny_color, tmp_path / "a.png", "-o",
+                       tmp_path / "o")
+    assert code == 2 and "--backend torch only" in err, err
+    code, _, err = cli("upscale", "--backend", "onnx", "--device", "cuda", tmp_path / "a.png", "-o", tmp_path / "o")
+    assert code == 2 and "CPU" in err, err
+
+
+def test_a_weights_files_exported_twin_runs_with_backend_onnx(cli, tmp_path, tiny_x2):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    _ort()
+    model = tmp_path / "m.safetensors"
+    shutil.copy(tiny_x2, model)
+    code, _, err = cli("export", model, "-o", tmp_path / "m.onnx")
+    assert code == 0, err
+    Image.fromarray(photo_like(19, 23)).save(tmp_path / "a.png")
+    for given in (model, tmp_path / "m.onnx"):
+        code, _, err = cli("upscale", "--backend", "onnx", "--model", given, tmp_path / "a.png", "-o",
+                           tmp_path / f"{given.suffix[1:]}.png")
+        assert code == 0, err
+    code, _, err = cli("upscale", "--model", model, tmp_path / "a.png", "-o", tmp_path / "torch.png")
+    assert code == 0, err
+    t = np.asarray(Image.open(tmp_path / "torch.png")).astype(int)
+    for name in ("safetensors", "onnx"):
+        assert np.abs(np.asarray(Image.open(tmp_path / f"{name}.png")).astype(int) - t).max() <= 1
+
+
+def test_without_onnxruntime_backend_onnx_is_a_clear_error_and_torch_works(cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import raises ImportError
+    Image.fromarray(photo_like(16, 16)).save(tmp_path / "a.png")
+    code, _, err = cli("upscale", "--x2", "--backend", "onnx", tmp_path / "a.png", "-o", tmp_path / "o.png")
+    assert code == 2 and "imgrestore[onnx]" in err and "--backend torch" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o.png").exists()
+    code, _, err = cli("upscale", "--x2", tmp_path / "a.png", "-o", tmp_path / "o.png", "-q")
+    assert code == 0 and (tmp_path / "o.png").is_file(), err
+
+
+def test_bench_whole_compares_the_backends_in_one_run(cli):
+    _ort()
+    code, out, err = cli("bench", "whole", "--x2", "--backend", "torch,onnx", "--size", "32x24", "--folder", "none",
+                         "--format", "png", "--repeat", "1", "--profile", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    methods = {r["method"] for r in report["rows"]}
+    assert {"imgrestore upscale, torch", "imgrestore upscale, onnx", "network only (tiles, no start-up or IO), onnx",
+            "network only (tiles, no start-up or IO), torch", "Pillow bicubic, whole process (reference)"} <= methods
+    # the profile: one run of each command, its phases adding up to its wall time
+    profiles = {p["backend"]: p for p in report["profiles"]}
+    assert set(profiles) == {"torch", "onnx"}
+    for backend, p in profiles.items():
+        assert p["phases"]["network"] > 0 and p["phases"]["load model"] > 0 and p["phases"]["encode"] > 0
+        assert abs(sum(p["phases"].values()) - p["wall"]) < 1e-6 or p["phases"]["other"] == 0
+    assert profiles["torch"]["imported_torch"] and not profiles["onnx"]["imported_torch"]
