@@ -31,14 +31,14 @@ as the base, as in ECBSR); outside training the output is clipped to [0, 1].
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .arch import ArchSpec
-from .sr import shuffle_residual
+from .sr import BranchedSR, shuffle_residual
 
 NEG_SLOPE = 0.05  # leaky ReLU: cheaper on the CPU than GELU, and sign-free at the gates' inputs
 
@@ -159,7 +159,7 @@ class HASB(nn.Module):
         return self.attn(y)
 
 
-class HASN(nn.Module):
+class HASN(BranchedSR):
     def __init__(self, **kwargs):
         super().__init__()
         cfg = HASNConfig(**kwargs)
@@ -176,16 +176,6 @@ class HASN(nn.Module):
         self.tail = nn.Conv2d(c, cfg.colors * cfg.scale**2, 3, padding=1)
         with torch.no_grad():  # start near the nearest-neighbour base, not at noise around it
             self.tail.weight.mul_(0.1)
-
-    def config(self) -> dict:
-        return asdict(self.cfg)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, branched=False)
-
-    def forward_branched(self, x: torch.Tensor) -> torch.Tensor:
-        """The training form branch by branch (for checks)."""
-        return self._forward(x, branched=True)
 
     def _forward(self, x: torch.Tensor, branched: bool) -> torch.Tensor:
         s = self.cfg.scale

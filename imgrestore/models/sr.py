@@ -52,7 +52,28 @@ def shuffle_residual(y: torch.Tensor, x: torch.Tensor, scale: int, training: boo
     return y if training else y.clamp(0.0, 1.0)
 
 
-class ECBSR(nn.Module):
+class BranchedSR(nn.Module):
+    """What the re-parameterizable upscalers share: a dataclass `cfg` (their
+    saved config), and one `_forward(x, branched)` run either the usual way
+    or with every foldable layer branch by branch (to check the fold)."""
+
+    cfg: object
+
+    def config(self) -> dict:
+        return asdict(self.cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, branched=False)
+
+    def forward_branched(self, x: torch.Tensor) -> torch.Tensor:
+        """The multi-branch training form, branch by branch (for checks)."""
+        return self._forward(x, branched=True)
+
+    def _forward(self, x: torch.Tensor, branched: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ECBSR(BranchedSR):
     def __init__(self, **kwargs):
         super().__init__()
         cfg = ECBSRConfig(**kwargs)
@@ -74,16 +95,6 @@ class ECBSR(nn.Module):
                 layers.append(ECB(cin, cout, cfg.mid_mult, identity=body))
         self.layers = nn.ModuleList(layers)
         self.acts = nn.ModuleList(nn.PReLU(c) for c in widths)
-
-    def config(self) -> dict:
-        return asdict(self.cfg)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, branched=False)
-
-    def forward_branched(self, x: torch.Tensor) -> torch.Tensor:
-        """The multi-branch training form, branch by branch (for checks)."""
-        return self._forward(x, branched=True)
 
     def _forward(self, x: torch.Tensor, branched: bool) -> torch.Tensor:
         s = self.cfg.scale
