@@ -9,7 +9,8 @@ from PIL import Image
 
 from conftest import randomize
 from imgrestore import registry, tasks, weights
-from imgrestore.models.hasn import HASN, local_mean
+from imgrestore.models.blocks import window_mean
+from imgrestore.models.hasn import HASN
 from imgrestore.models.rlfn import RLFN
 
 TINY = dict(channels=8, blocks=2, attn=4, squeeze=2, window=5)
@@ -33,9 +34,9 @@ def test_hasn_fold_equals_branches(scale):
     assert model.cfg.deploy and all(b.dw.dw1 is None for b in model.blocks)
 
 
-def test_local_mean_is_the_windowed_mean_of_real_pixels():
+def test_window_mean_is_the_windowed_mean_of_real_pixels():
     x = torch.rand(1, 2, 9, 7)
-    got = local_mean(x, 5)
+    got = window_mean(x, 5)
     # by hand at a corner (3x3 real pixels of the 5x5 window) and inside
     assert torch.allclose(got[0, :, 0, 0], x[0, :, :3, :3].mean(dim=(1, 2)), atol=1e-6)
     assert torch.allclose(got[0, :, 4, 3], x[0, :, 2:7, 1:6].mean(dim=(1, 2)), atol=1e-6)

@@ -147,3 +147,13 @@ class ECB(nn.Module):
         for name in ("conv3", "conv1_3a", "conv1_3b", "sobel_x", "sobel_y", "laplacian"):
             delattr(self, name)
         self.deploy = conv
+
+
+def window_mean(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Each channel's mean over the k x k window around each pixel, counting
+    only real pixels (fewer at the image's borders): (B, C, H, W) -> same.
+    Two 1-D box filters: the valid part of a window is a rectangle, so the
+    mean of the column means is the 2-D mean. A local statistic, unlike a
+    global pooling, keeps a tiled run equal to the untiled one."""
+    x = F.avg_pool2d(x, (k, 1), 1, (k // 2, 0), count_include_pad=False)
+    return F.avg_pool2d(x, (1, k), 1, (0, k // 2), count_include_pad=False)

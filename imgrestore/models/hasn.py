@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch import ArchSpec
+from .blocks import window_mean
 from .sr import BranchedSR, shuffle_residual
 
 NEG_SLOPE = 0.05  # leaky ReLU: cheaper on the CPU than GELU, and sign-free at the gates' inputs
@@ -97,16 +98,6 @@ class SepDW(nn.Module):
         self.dw1 = None
 
 
-def local_mean(x: torch.Tensor, window: int) -> torch.Tensor:
-    """Each channel's mean over the `window` x `window` pixels around each
-    position (fewer at the image's borders: only real pixels count). Two 1-D
-    passes: the valid part of a window is a rectangle, so the mean of the
-    column means is the 2-D mean."""
-    r = window // 2
-    x = F.avg_pool2d(x, (window, 1), stride=1, padding=(r, 0), count_include_pad=False)
-    return F.avg_pool2d(x, (1, window), stride=1, padding=(0, r), count_include_pad=False)
-
-
 class HybridAttention(nn.Module):
     """One gate per feature: sigmoid(channel term + spatial term).
 
@@ -132,7 +123,7 @@ class HybridAttention(nn.Module):
         self.sa_out = nn.Conv2d(attn, c, 1)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        ca = self.ca2(F.leaky_relu(local_mean(self.ca1(f), self.window), NEG_SLOPE))
+        ca = self.ca2(F.leaky_relu(window_mean(self.ca1(f), self.window), NEG_SLOPE))
         sa = self.sa_out(self.sa_dw2(F.leaky_relu(self.sa_dw1(self.sa_in(f)), NEG_SLOPE)))
         return f * torch.sigmoid(ca + sa)
 

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch import ArchSpec
+from .blocks import window_mean
 
 # operation -> its radius in half-resolution pixels
 OPS: dict[str, int] = {"conv3": 1, "dil3": 2, "sep3": 1, "conv1": 0, "skip": 0}
@@ -67,13 +68,6 @@ def make_op(name: str, c: int) -> nn.Module:
     if name == "skip":
         return nn.Identity()
     raise ValueError(f"unknown operation {name!r} (known: {', '.join(OPS)})")
-
-
-def window_mean(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean over a k x k window around each pixel (inside the image only),
-    as two 1-D box filters: (B, C, H, W) -> same."""
-    x = F.avg_pool2d(x, (k, 1), 1, (k // 2, 0), count_include_pad=False)
-    return F.avg_pool2d(x, (1, k), 1, (0, k // 2), count_include_pad=False)
 
 
 class ChannelAttention(nn.Module):
