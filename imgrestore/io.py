@@ -488,6 +488,19 @@ def output_format(requested: str, source_fmt: str, out_path: Path | None) -> str
     return source_fmt if source_fmt in FORMATS else "png"
 
 
+def jpeg_roundtrip(a: np.ndarray, quality: int, subsampling: int = -1) -> np.ndarray:
+    """An (H, W) gray or (H, W, 3) RGB uint8 array saved as a Pillow JPEG of
+    `quality` and decoded again: the JPEG degradation that training and the
+    benchmarks apply. `subsampling`: -1 Pillow's default (4:2:0), 0 4:4:4,
+    2 4:2:0."""
+    from PIL import Image
+
+    buf = _io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG", quality=int(quality), subsampling=subsampling)
+    with Image.open(buf) as im:
+        return np.asarray(im)
+
+
 def encode(pic: Picture, fmt: str, quality: int = 95, fileobj: BinaryIO | None = None,
            png_level: int | None = None) -> bytes | None:
     """Encode a Picture into `fileobj`, or return the bytes if none is given.

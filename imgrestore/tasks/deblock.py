@@ -12,12 +12,10 @@ tables (`io.Picture.jpeg_quality`); other inputs are deblocked blind.
 
 from __future__ import annotations
 
-import io
-
 import click
 import numpy as np
 
-from ..io import Picture
+from ..io import Picture, jpeg_roundtrip
 from .denoise import is_gray
 from .restore import Degradation, LevelRestorer, level_task
 
@@ -27,14 +25,9 @@ QUALITY_RANGE = (10.0, 90.0)
 def jpeg(clean: np.ndarray, quality: float, rng=None) -> np.ndarray:
     """(H, W, 3) uint8 -> the same after a Pillow JPEG round trip at
     `quality` (gray images as gray JPEG)."""
-    from PIL import Image
-
-    gray = is_gray(clean)
-    buf = io.BytesIO()
-    Image.fromarray(clean[..., 0] if gray else clean).save(buf, "JPEG", quality=int(round(quality)))
-    with Image.open(buf) as im:
-        out = np.asarray(im)
-    return np.repeat(out[..., None], 3, axis=2) if gray else out
+    if is_gray(clean):
+        return np.repeat(jpeg_roundtrip(clean[..., 0], round(quality))[..., None], 3, axis=2)
+    return jpeg_roundtrip(clean, round(quality))
 
 
 def y_psnr(out: np.ndarray, clean: np.ndarray) -> float:

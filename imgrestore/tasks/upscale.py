@@ -144,19 +144,6 @@ def bicubic_up(lr: np.ndarray, scale: int) -> np.ndarray:
     return np.asarray(Image.fromarray(lr).resize((w * scale, h * scale), Image.BICUBIC))
 
 
-def jpeg_roundtrip(a: np.ndarray, quality: int, subsampling: int = 2) -> np.ndarray:
-    """(H, W, 3) uint8 saved as a Pillow JPEG of `quality` (`subsampling`
-    0: 4:4:4, 2: 4:2:0, what cameras write) and decoded again."""
-    import io as _io
-
-    from PIL import Image
-
-    buf = _io.BytesIO()
-    Image.fromarray(a).save(buf, "JPEG", quality=int(quality), subsampling=subsampling)
-    with Image.open(buf) as im:
-        return np.asarray(im.convert("RGB"))
-
-
 # the photo variant's training degradation of an LR crop: sensor noise (half
 # the crops; sigma uniform up to this, 0..255 scale), then a JPEG of a
 # uniform quality in this range, 4:2:0 or 4:4:4 at random
@@ -171,6 +158,8 @@ def degrade_photo(lr: np.ndarray, rng: random.Random) -> np.ndarray:
         sigma = rng.uniform(0.0, PHOTO_NOISE_MAX)
         noise = np.random.default_rng(rng.getrandbits(32)).normal(0.0, sigma, a.shape)
         a = np.clip(a + noise, 0, 255).round().astype(np.uint8)
+    from ..io import jpeg_roundtrip
+
     return jpeg_roundtrip(a, rng.randint(*PHOTO_JPEG_QUALITY), rng.choice((0, 2)))
 
 
@@ -180,12 +169,14 @@ def sr_pair(path: Path, scale: int, lr_jpeg: int | None = None) -> tuple[np.ndar
     as a camera photo would be."""
     from PIL import Image
 
+    from ..io import jpeg_roundtrip
+
     with Image.open(path) as im:
         hr = np.asarray(im.convert("RGB"))
     h, w = hr.shape[:2]
     hr = hr[:h - h % scale, :w - w % scale]
     lr = bicubic_down(hr, scale)
-    return (jpeg_roundtrip(lr, lr_jpeg) if lr_jpeg else lr), hr
+    return (jpeg_roundtrip(lr, lr_jpeg, subsampling=2) if lr_jpeg else lr), hr
 
 
 def load_rgb(files: list[Path], min_side: int) -> list[np.ndarray]:
