@@ -1007,11 +1007,15 @@ def train_upscale(scale, data, val, arch, steps, batch, patch, channels, blocks,
 @click.option("--dropout", type=click.FloatRange(0, 0.9), default=0.0, show_default=True,
               help="semantic: channel dropout on the encoder's maps and dropout on the global vector, in "
                    "training (against memorizing each photo's colours).")
+@click.option("--encoder", type=click.Path(exists=True, dir_okay=False),
+              help="semantic: the encoder file (default: the shipped encoder-efficientnet-lite0); the colorizer's "
+                   "config names it by its file name, so ship it under that name.")
 @click.option("--snapshots", is_flag=True,
               help="Keep OUTPUT.stepN.safetensors at every --eval-every step, to choose from on the hold-out.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
 def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval_every, loss_kind, rebalance,
-                   fg_weight, holdout, min_zoom, init, arch, cache, crops_per_image, dropout, snapshots, output):
+                   fg_weight, holdout, min_zoom, init, arch, cache, crops_per_image, dropout, encoder, snapshots,
+                   output):
     """Train the colorizer; writes OUTPUT and OUTPUT.state (resume by
     running the same command again)."""
     from .train.colorize import make_semantic_task, make_task
@@ -1027,13 +1031,51 @@ def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval
                   init=Path(init) if init else None, log=log)
     if arch == "semantic":
         task = make_semantic_task(list(data), cache=Path(cache) if cache else None,
-                                  crops_per_image=crops_per_image, dropout=dropout, **common)
-    elif dropout or cache:
-        _fail_usage("--dropout and --cache are for --arch semantic")
+                                  crops_per_image=crops_per_image, dropout=dropout,
+                                  encoder=Path(encoder) if encoder else None, **common)
+    elif dropout or cache or encoder:
+        _fail_usage("--dropout, --cache and --encoder are for --arch semantic")
     else:
         task = make_task(list(data), **common)
     run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log,
                                  snapshots=snapshots))
+
+
+@train.command("gray-encoder")
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True),
+              help="Folder(s) of colour photos (the colorizer's training data: the same hold-out rule).")
+@click.option("--encoder", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="The encoder file to start from (the shipped encoder-efficientnet-lite0.safetensors).")
+@click.option("--cache", type=click.Path(file_okay=False), required=True,
+              help="Folder for the crops encoded once (gray below the cut, colour above it).")
+@click.option("--steps", type=click.IntRange(1), default=4000, show_default=True)
+@click.option("--batch", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--crop", type=click.IntRange(64), default=192, show_default=True)
+@click.option("--crops-per-image", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--zoom", "min_zoom", type=click.FloatRange(0.1, 1), default=0.5, show_default=True)
+@click.option("--cut", type=click.IntRange(1), help="First fine-tuned block (default: the one after the 1/16 tap).")
+@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--threads", type=click.IntRange(1))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--eval-every", type=click.IntRange(1), default=500, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
+def train_gray_encoder(data, encoder, cache, steps, batch, crop, crops_per_image, min_zoom, cut, lr, threads, seed,
+                       eval_every, output):
+    """Fine-tune the colorizer's encoder so that its deep maps of a gray
+    photo match its original maps of the colour photo; writes OUTPUT (an
+    encoder file for `train colorize --encoder`)."""
+    from .train.gray_encoder import make_gray_encoder_task
+    from .train.loop import TrainOptions, train as run_train
+
+    _setup_torch(threads)
+
+    def log(msg: str) -> None:
+        click.echo(msg, err=True)
+
+    task = make_gray_encoder_task(list(data), encoder=Path(encoder), cache=Path(cache), crop=crop, batch=batch,
+                                  crops_per_image=crops_per_image, min_zoom=min_zoom, cut=cut, seed=seed, log=log)
+    run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log,
+                                 warmup=100))
 
 
 RESTORE_TRAIN_OPTIONS = (

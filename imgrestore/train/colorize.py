@@ -246,7 +246,9 @@ def make_semantic_task(data: list[str], *, width: int = 32, crop: int = 128, bat
     torch.manual_seed(seed)
     files, held, images, labels, classes = load_training(data, holdout, crop, min_zoom, log)
     weights_ = rebalance_weights(images, lam=rebalance)
-    enc_name = SemanticConfig.encoder  # the shipped encoder (or `encoder`, a file of it)
+    # the shipped encoder, or `encoder`: a file named as the component the
+    # colorizer's config will name (its file name without the suffix)
+    enc_name = Path(encoder).stem if encoder else SemanticConfig.encoder
     enc_wf = wmod.read(encoder or component_path(enc_name))
     config = dict(encoder=enc_name, encoder_config=enc_wf.config, width=width, global_dim=256,
                   classes=len(classes), mid_blocks=2, head="bins" if loss_kind.startswith("bins") else "ab",
