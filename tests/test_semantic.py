@@ -204,3 +204,55 @@ def test_semantic_colorizer_exports_for_any_working_size(tiny_semantic, tmp_path
             want = model(l)
         got = torch.from_numpy(sess.run([io.output], {io.input: l.numpy()})[0])
         assert got.shape == want.shape and (got - want).abs().max() < 1e-2
+
+
+def test_gray_encoder_fine_tuning_moves_only_the_tail_and_closes_the_gap(tmp_path):
+    """train gray-encoder on a tiny encoder: the held-out gap between its
+    maps of gray crops and the source's maps of colour crops shrinks, the
+    blocks before the cut (and the stem and fc) stay the source's bit for
+    bit, and the written file is an encoder file that carries the source's
+    licence."""
+    from imgrestore.train.gray_encoder import make_gray_encoder_task
+    from imgrestore.train.loop import TrainOptions, train
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):  # colourful, structured: hue depends on position and photo
+        yy, xx = np.mgrid[0:96, 0:96] / 96.0
+        a = np.stack([np.sin(6 * xx + i), np.cos(5 * yy - i), np.sin(3 * (xx + yy) + 2 * i)], -1) * 0.4 + 0.5
+        a = np.clip(a + rng.normal(0, 0.05, a.shape), 0, 1)
+        Image.fromarray((a * 255).astype(np.uint8)).save(photos / f"p{i}.png")
+    src = tmp_path / "enc.safetensors"
+    enc = randomize(EfficientLite(**TINY_ENC), seed=1, std=0.3)
+    weights.save(src, enc.state_dict(), arch="efficientnet-lite", config=enc.config(), task="encoder", scale=1,
+                 provenance=dict(licence="Apache-2.0", origin="a test"))
+    task = make_gray_encoder_task([str(photos)], encoder=src, cache=tmp_path / "cache", crop=64, batch=8,
+                                  crops_per_image=4, holdout=0.3, held_crops=32, min_zoom=0.7, log=lambda m: None)
+    out = tmp_path / "gray.safetensors"
+    metrics = train(task, TrainOptions(steps=150, out=out, lr=3e-3, warmup=5, eval_every=1000, log=lambda m: None))
+    before, after = metrics["before"], metrics["holdout"]
+    assert after["tap"] < 0.9 * before["tap"] and after["head"] < before["head"] and after["kl"] <= before["kl"], (before, after)
+    wf = weights.read(out)
+    assert wf.arch == "efficientnet-lite" and wf.task == "encoder" and wf.config == enc.config()
+    assert wf.provenance["licence"] == "Apache-2.0" and wf.provenance["cut"] == 4
+    source = enc.state_dict()
+    for name, t in wf.tensors.items():
+        fixed = name.startswith(("stem.", "fc.", "blocks.0.", "blocks.1.", "blocks.2.", "blocks.3."))
+        assert torch.equal(t, source[name]) == fixed, name
+    # resumed from the cache, not re-encoded: the key matches
+    assert (tmp_path / "cache" / "train" / "key.json").is_file()
+
+
+def test_gray_encoder_needs_photos_to_hold_out(tmp_path):
+    from imgrestore.train.gray_encoder import make_gray_encoder_task
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    noise_image(80, 80, seed=3).save(photos / "a.png")
+    src = tmp_path / "enc.safetensors"
+    enc = EfficientLite(**TINY_ENC)
+    weights.save(src, enc.state_dict(), arch="efficientnet-lite", config=enc.config(), task="encoder", scale=1)
+    with pytest.raises(ValueError, match="hold out"):
+        make_gray_encoder_task([str(photos)], encoder=src, cache=tmp_path / "c", crop=64, holdout=0.0,
+                               log=lambda m: None)

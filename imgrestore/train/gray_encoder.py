@@ -223,6 +223,9 @@ def make_gray_encoder_task(data: list[str], *, encoder: Path, cache: Path, crop:
     short = round(crop / min_zoom) + crop // 8
     images, _ = load_color_images(files, short_side=short)
     held_images, _ = load_color_images(held, short_side=short)
+    if not images or not held_images:
+        raise ValueError(f"need colour photos both to train on and to hold out (got {len(images)} and "
+                         f"{len(held_images)}; hold-out fraction {holdout})")
     log(f"{len(images)} colour training photos, {len(held_images)} held out")
     sha = hashlib.sha256(Path(encoder).read_bytes()).hexdigest()
     key = dict(encoder=sha,
