@@ -233,6 +233,24 @@ def load_color_images(files: list[Path], short_side: int) -> tuple[list[np.ndarr
     return images, wnids
 
 
+def zoom_crop(a: np.ndarray, rng: random.Random, crop: int, min_zoom: float) -> np.ndarray:
+    """A random crop x crop square of the photo `a`: cut at a random zoom-out
+    in [min_zoom, 1] (a square of side crop / zoom, Pillow-resized to
+    `crop`; exactly `crop` when min_zoom is 1) at a random place, flipped
+    left-right half the time (only that way: colours have an up and a down)."""
+    from PIL import Image
+
+    h, w = a.shape[:2]
+    side = crop if min_zoom >= 1 else min(h, w, round(crop / rng.uniform(min_zoom, 1.0)))
+    y, x = rng.randrange(h - side + 1), rng.randrange(w - side + 1)
+    out = a[y:y + side, x:x + side]
+    if side != crop:
+        out = np.asarray(Image.fromarray(out).resize((crop, crop), Image.BICUBIC))
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
 class ColorBatches:
     """Random (L, a*b* at half resolution, class) crops.
 
@@ -250,25 +268,14 @@ class ColorBatches:
     def batch(self, n: int):
         import torch
         import torch.nn.functional as F
-        from PIL import Image
 
         from ..color import rgb_to_lab
         from ..tensors import to_tensor
 
-        rng, c = self.rng, self.crop
         crops, labels = [], []
         for _ in range(n):
-            i = rng.randrange(len(self.images))
-            a = self.images[i]
-            h, w = a.shape[:2]
-            side = c if self.min_zoom >= 1 else min(h, w, round(c / rng.uniform(self.min_zoom, 1.0)))
-            y, x = rng.randrange(h - side + 1), rng.randrange(w - side + 1)
-            crop = a[y:y + side, x:x + side]
-            if side != c:
-                crop = np.asarray(Image.fromarray(crop).resize((c, c), Image.BICUBIC))
-            if rng.random() < 0.5:  # horizontal flip only: colours have an up and a down
-                crop = crop[:, ::-1]
-            crops.append(np.ascontiguousarray(crop))
+            i = self.rng.randrange(len(self.images))
+            crops.append(zoom_crop(self.images[i], self.rng, self.crop, self.min_zoom))
             labels.append(self.labels[i])
         lab = rgb_to_lab(to_tensor(np.stack(crops)))
         ab_half = F.avg_pool2d(lab[:, 1:], 2)  # the network predicts at half resolution

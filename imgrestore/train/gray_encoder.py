@@ -59,21 +59,10 @@ class RGBCrops:
         self.rng = random.Random(seed)
 
     def batch(self, n: int) -> torch.Tensor:
-        from PIL import Image
+        from ..tasks.colorize import zoom_crop
 
-        rng, c = self.rng, self.crop
-        out = []
-        for _ in range(n):
-            a = self.images[rng.randrange(len(self.images))]
-            h, w = a.shape[:2]
-            side = min(h, w, round(c / rng.uniform(self.min_zoom, 1.0)))
-            y, x = rng.randrange(h - side + 1), rng.randrange(w - side + 1)
-            crop = a[y:y + side, x:x + side]
-            if side != c:
-                crop = np.asarray(Image.fromarray(crop).resize((c, c), Image.BICUBIC))
-            if rng.random() < 0.5:
-                crop = crop[:, ::-1]
-            out.append(np.ascontiguousarray(crop))
+        out = [zoom_crop(self.images[self.rng.randrange(len(self.images))], self.rng, self.crop, self.min_zoom)
+               for _ in range(n)]
         return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255.0
 
 
