@@ -16,6 +16,9 @@ from .errors import ModelNotFound
 # name them in their config.
 COMPONENTS: dict[str, str] = {
     "encoder-efficientnet-lite0": "encoder-efficientnet-lite0.safetensors",
+    # the same with its blocks after the 1/16 tap fine-tuned to see gray
+    # photos as colour ones (`imgrestore train gray-encoder`)
+    "encoder-efficientnet-lite0-gray": "encoder-efficientnet-lite0-gray.safetensors",
 }
 
 

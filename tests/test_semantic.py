@@ -160,6 +160,7 @@ def test_training_with_cached_features_resumes_and_loads(tiny_semantic, tmp_path
     train(task, TrainOptions(steps=3, out=out, save_every=2, log=lambda m: None))
     wf = weights.read(out)
     assert wf.arch == "semantic-colornet" and wf.provenance["encoder"]["file"] == ENC_FILE
+    assert wf.config["encoder"] == "encoder-efficientnet-lite0"  # the component named by the file it was given
     assert wf.config["head"] == ("bins" if loss_kind.startswith("bins") else "ab")
     assert not any(k.startswith("encoder.") for k in wf.tensors)
     assert (tmp_path / "cache" / "key.json").is_file()
@@ -204,6 +205,30 @@ def test_semantic_colorizer_exports_for_any_working_size(tiny_semantic, tmp_path
             want = model(l)
         got = torch.from_numpy(sess.run([io.output], {io.input: l.numpy()})[0])
         assert got.shape == want.shape and (got - want).abs().max() < 1e-2
+
+
+def test_shipped_colorizer_runs_on_the_gray_tuned_encoder_derived_from_lite0():
+    """The shipped colorizer names the gray-tuned encoder; that file is the
+    converted Lite0 with only its blocks after the 1/16 tap and its head
+    changed (stem, earlier blocks and class layer bit for bit), says so,
+    and keeps Lite0's licence."""
+    import hashlib
+
+    col = weights.read(weights_dir() / "colorize.safetensors")
+    assert col.config["encoder"] == "encoder-efficientnet-lite0-gray"
+    gray = weights.read(weights_dir() / COMPONENTS["encoder-efficientnet-lite0-gray"])
+    src_path = weights_dir() / ENC_FILE
+    src = weights.read(src_path)
+    assert gray.arch == src.arch == "efficientnet-lite" and gray.config == src.config
+    assert gray.provenance["licence"] == src.provenance["licence"] == "Apache-2.0"
+    assert gray.provenance["derived_from"]["sha256"] == hashlib.sha256(src_path.read_bytes()).hexdigest()
+    cut = gray.provenance["cut"]
+    assert cut == EfficientLite(**src.config).taps[2] + 1
+    for name, t in gray.tensors.items():
+        tuned = name.startswith("head.") or (name.startswith("blocks.") and int(name.split(".")[1]) >= cut)
+        assert torch.equal(t, src.tensors[name]) != tuned, name
+    m = gray.provenance["metrics"]
+    assert m["holdout"]["agree"] > m["before"]["agree"] and m["holdout"]["kl"] < m["before"]["kl"]
 
 
 def test_gray_encoder_fine_tuning_moves_only_the_tail_and_closes_the_gap(tmp_path):
