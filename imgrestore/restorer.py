@@ -165,9 +165,41 @@ class Restorer:
         from .tensors import to_pixels, to_tensor
 
         s = self.scale
-        y = self.forward(to_tensor(px[t.py0:t.py1, t.px0:t.px1]))  # (1, C, h*s, w*s)
+        x = to_tensor(px[t.py0:t.py1, t.px0:t.px1])  # (1, C, h, w)
+        if self._tail_readout():
+            self._run_tail(x, t, band[:, t.x0 * s:t.x1 * s])
+            return
+        y = self.forward(x)  # (1, C, h*s, w*s)
         ys, xs = t.crop_in_output(s)
         band[:, t.x0 * s:t.x1 * s] = to_pixels(y[:, :, ys, xs], px.dtype)  # (h', w', C)
+
+    def _tail_readout(self) -> bool:
+        """Whether tiles are read out at the input's resolution: a network
+        that ends in `shuffle_residual` and shows its tail (`forward_tail`),
+        run as it is (no task's `net_call`, no padding to a multiple)."""
+        return (hasattr(self.model, "forward_tail") and self.size_multiple == 1
+                and type(self).net_call is Restorer.net_call)
+
+    def forward_tail(self, x):
+        """(1, C, h, w) float in [0, 1] -> the network's tail channels (1,
+        C*s*s, h, w), before its residual and pixel shuffle (models with
+        `forward_tail`, see `_tail_readout`)."""
+        import torch
+
+        with torch.inference_mode():
+            return self.model.forward_tail(x.to(self.device, memory_format=torch.channels_last))
+
+    def _run_tail(self, x, t: tiling.Tile, out: np.ndarray) -> None:
+        """The kept part of tile `t` into `out` (h'*s, w'*s, C): the network to
+        its tail, then residual, clamp, quantize and pixel shuffle on the kept
+        part only (`tensors.shuffle_residual_pixels`; the same numbers as
+        `forward` and `to_pixels`)."""
+        from .tensors import shuffle_residual_pixels
+
+        y = self.forward_tail(x)
+        oy, ox = t.y0 - t.py0, t.x0 - t.px0
+        keep = (slice(None), slice(None), slice(oy, oy + t.y1 - t.y0), slice(ox, ox + t.x1 - t.x0))
+        shuffle_residual_pixels(y[keep], x[keep].to(self.device), self.scale, out)
 
     # ------------------------------------------------------------------ pictures
     def picture_bands(self, pic: Picture, tile: int | None = DEFAULT_TILE, overlap: int | None = None,

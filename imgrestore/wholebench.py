@@ -108,6 +108,7 @@ for cls in (io.PngStream, io.JpegStream, io.TiffStream):
 timed(io.os, "fsync", "fsync")
 timed(restorer.Restorer, "_run_tile", "tile")
 timed(restorer.Restorer, "forward", "network")
+timed(restorer.Restorer, "forward_tail", "network")
 timed(onnxrun.OnnxRestorer, "_run_tile", "tile")
 timed(restorer, "assemble", "merge")
 make_session = onnxrun.session

@@ -223,3 +223,58 @@ def test_bench_whole_compares_the_backends_in_one_run(cli):
         assert p["phases"]["network"] > 0 and p["phases"]["load model"] > 0 and p["phases"]["encode"] > 0
         assert abs(sum(p["phases"].values()) - p["wall"]) < 1e-6 or p["phases"]["other"] == 0
     assert profiles["torch"]["imported_torch"] and not profiles["onnx"]["imported_torch"]
+
+
+# ---------------------------------------------------------------- tile read-outs
+
+def test_tail_readout_equals_shuffle_then_to_pixels():
+    """The upscalers' read-out at the input's resolution (residual, clamp,
+    quantize, then the pixel shuffle on the codes) gives the same codes as
+    the network's own output through `to_pixels`, in 8 and 16 bits, for
+    values far outside [0, 1] and on rounding boundaries."""
+    import torch
+
+    from imgrestore.models.sr import shuffle_residual
+    from imgrestore.tensors import shuffle_residual_pixels, to_pixels
+
+    g = torch.Generator().manual_seed(0)
+    for s in (2, 3, 4):
+        x = torch.rand(1, 3, 7, 9, generator=g)
+        y = torch.randn(1, 3 * s * s, 7, 9, generator=g) * 0.7
+        y[0, :5, 0, :] = (torch.arange(9) + 0.5) / 255 - x[0, 0, 0, :]  # halves of a code value
+        y = y.contiguous(memory_format=torch.channels_last)  # as the restorer runs the network
+        for dtype in (np.uint8, np.uint16):
+            want = to_pixels(shuffle_residual(y, x, s, training=False), dtype)
+            out = np.zeros((7 * s, 9 * s + 5, 3), dtype)  # a view into a wider band, as tiles write
+            shuffle_residual_pixels(y.clone(), x, s, out[:, 2:2 + 9 * s])
+            assert np.array_equal(out[:, 2:2 + 9 * s], want), (s, dtype)
+            assert not out[:, :2].any() and not out[:, 2 + 9 * s:].any()
+
+
+@pytest.mark.parametrize("arch", ["ecbsr", "hasn"])
+def test_restorer_tail_readout_equals_the_full_forward(arch):
+    """Tiles read out at the input's resolution (`Restorer._run_tail`) give
+    exactly the codes of the network's full forward + `to_pixels`, tiled and
+    whole, 8 and 16 bits."""
+    import torch
+
+    from imgrestore import registry
+    from imgrestore.models.reparam import reparameterize
+    from imgrestore.restorer import Restorer
+    from imgrestore.weights import WeightsFile
+
+    torch.manual_seed(0)
+    config = {"ecbsr": dict(scale=3, channels=8, blocks=2), "hasn": dict(scale=2, channels=8, blocks=1)}[arch]
+    spec = registry.ARCHS[arch]
+    net = reparameterize(spec.build(config)).eval()
+    wf = WeightsFile(path=None, arch=arch, config=net.config(), task="upscale", scale=config["scale"], provenance={})
+    r = Restorer(net, wf, spec, torch.device("cpu"), "test")
+    assert r._tail_readout()
+    img = np.asarray(Image.fromarray(photo_like(37, 45, seed=3)))
+    for px in (img, img.astype(np.uint16) * 257):
+        for tile in (16, None):
+            fast = r.run_pixels(px, tile)
+            r._tail_readout = lambda: False
+            slow = r.run_pixels(px, tile)
+            del r._tail_readout
+            assert np.array_equal(fast, slow), (px.dtype, tile)

@@ -39,7 +39,7 @@ from torch import nn
 
 from .arch import ArchSpec
 from .blocks import window_mean
-from .sr import BranchedSR, shuffle_residual
+from .sr import BranchedSR
 
 NEG_SLOPE = 0.05  # leaky ReLU: cheaper on the CPU than GELU, and sign-free at the gates' inputs
 
@@ -169,7 +169,6 @@ class HASN(BranchedSR):
             self.tail.weight.mul_(0.1)
 
     def _forward(self, x: torch.Tensor, branched: bool) -> torch.Tensor:
-        s = self.cfg.scale
         h = self.head(x)
         y, outs = h, []
         for block in self.blocks:
@@ -178,7 +177,7 @@ class HASN(BranchedSR):
         if self.fuse is not None:
             y = self.fuse(torch.cat(outs, dim=1))
         y = F.leaky_relu(self.body(y), NEG_SLOPE) + h
-        return shuffle_residual(self.tail(y), x, s, self.training)
+        return self.tail(y)
 
     @torch.no_grad()
     def reparameterize(self) -> "HASN":

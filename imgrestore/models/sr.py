@@ -54,8 +54,9 @@ def shuffle_residual(y: torch.Tensor, x: torch.Tensor, scale: int, training: boo
 
 class BranchedSR(nn.Module):
     """What the re-parameterizable upscalers share: a dataclass `cfg` (their
-    saved config), and one `_forward(x, branched)` run either the usual way
-    or with every foldable layer branch by branch (to check the fold)."""
+    saved config, with `scale`), and one `_forward(x, branched)` to the tail's
+    channels, run either the usual way or with every foldable layer branch
+    by branch (to check the fold); `shuffle_residual` finishes both."""
 
     cfg: object
 
@@ -63,11 +64,18 @@ class BranchedSR(nn.Module):
         return asdict(self.cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, branched=False)
+        return shuffle_residual(self._forward(x, branched=False), x, self.cfg.scale, self.training)
 
     def forward_branched(self, x: torch.Tensor) -> torch.Tensor:
         """The multi-branch training form, branch by branch (for checks)."""
-        return self._forward(x, branched=True)
+        return shuffle_residual(self._forward(x, branched=True), x, self.cfg.scale, self.training)
+
+    def forward_tail(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> the tail's (B, C*s*s, H, W) channels, before the
+        residual and the pixel shuffle: the restorer finishes them at the
+        input's resolution (`tensors.shuffle_residual_pixels`), four to nine
+        times fewer float passes over the output."""
+        return self._forward(x, branched=False)
 
     def _forward(self, x: torch.Tensor, branched: bool) -> torch.Tensor:
         raise NotImplementedError
@@ -97,7 +105,6 @@ class ECBSR(BranchedSR):
         self.acts = nn.ModuleList(nn.PReLU(c) for c in widths)
 
     def _forward(self, x: torch.Tensor, branched: bool) -> torch.Tensor:
-        s = self.cfg.scale
         y = x
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
@@ -107,7 +114,7 @@ class ECBSR(BranchedSR):
                 y = layer(y)
             if i < last:
                 y = self.acts[i](y)
-        return shuffle_residual(y, x, s, self.training)
+        return y
 
     @torch.no_grad()
     def reparameterize(self) -> "ECBSR":
