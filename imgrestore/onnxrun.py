@@ -110,13 +110,19 @@ def to_input(a: np.ndarray) -> np.ndarray:
 def quantize_into(dst: np.ndarray, y: np.ndarray) -> None:
     """(C, H, W) float32 (overwritten) -> `dst` (H, W, C) uint8/uint16,
     clamped and rounded to the nearest code value (half to even), as
-    `tensors.to_pixels`: in place, three passes and one strided copy (half
-    the time of the plain expression on a 1072x1072 tile)."""
+    `tensors.to_pixels`: scaled and clamped in place (clip(y * top, 0, top)
+    is clip(y, 0, 1) * top exactly: the product is monotonic), then rounded
+    straight into each channel's strided view of `dst`. numpy's transposing
+    copy into interleaved pixels was the slow part: per 1072x1072 tile, 9.0
+    ms against 5.9 for this, the x4's 48 tiles of a 2000x1500 photo 0.43 s
+    against 0.29 (same run). (Two threads, each on half the rows, gained
+    only with onnxruntime's spinning threads stopped after each run, which
+    cost the network more than the read-out gained.)"""
     top = np.float32(65535.0 if dst.dtype == np.uint16 else 255.0)
-    np.clip(y, 0.0, 1.0, out=y)
-    y *= top
-    np.rint(y, out=y)
-    np.copyto(dst, y.transpose(1, 2, 0), casting="unsafe")
+    np.multiply(y, top, out=y)
+    np.clip(y, 0.0, top, out=y)
+    for c in range(y.shape[0]):
+        np.rint(y[c], out=dst[..., c], casting="unsafe")
 
 
 class OnnxRestorer(Restorer):

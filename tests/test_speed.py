@@ -278,3 +278,20 @@ def test_restorer_tail_readout_equals_the_full_forward(arch):
             slow = r.run_pixels(px, tile)
             del r._tail_readout
             assert np.array_equal(fast, slow), (px.dtype, tile)
+
+
+def test_onnx_quantize_into_equals_the_plain_read_out():
+    """`onnxrun.quantize_into` (scaled and clamped in place, rounded into
+    each channel's view of the band) gives the codes of clip, scale, round,
+    as `tensors.to_pixels` computes them."""
+    from imgrestore.onnxrun import quantize_into
+
+    rng = np.random.default_rng(0)
+    y = (rng.standard_normal((3, 150, 70)) * 0.6 + 0.5).astype(np.float32)
+    y[0, 0, :40] = (np.arange(40) + 0.5) / 255  # halves of a code value
+    for dtype, top in ((np.uint8, 255), (np.uint16, 65535)):
+        want = np.rint(np.clip(y, 0, 1) * np.float32(top)).astype(dtype).transpose(1, 2, 0)
+        out = np.zeros((150, 80, 3), dtype)
+        quantize_into(out[:, 5:75], y.copy())
+        assert np.array_equal(out[:, 5:75], want), dtype
+        assert not out[:, :5].any() and not out[:, 75:].any()
