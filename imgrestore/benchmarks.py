@@ -73,11 +73,16 @@ def _speed_rows(restorer, size: int, folders: list[str]) -> list[dict]:
     return rows
 
 
-def bench_upscale(restorer, folders: list[str], threads: int, size: int = 512, speed: bool = True) -> dict:
-    quality = {Path(f).name: upscale.eval_sr(restorer.run_pixels, f, restorer.scale).summary() for f in folders}
+def bench_upscale(restorer, folders: list[str], threads: int, size: int = 512, speed: bool = True,
+                  lr_jpeg: int | None = None) -> dict:
+    """`lr_jpeg`: each LR (the network's and bicubic's) is saved as a JPEG
+    of that quality (4:2:0) first, as a camera photo would be."""
+    quality = {Path(f).name: upscale.eval_sr(restorer.run_pixels, f, restorer.scale, lr_jpeg=lr_jpeg).summary()
+               for f in folders}
     return {
         "model": restorer.name, "scale": restorer.scale, "params": count_params(restorer.model),
         "threads": threads, "torch": torch.__version__, "quality": quality,
+        "lr": f"Pillow bicubic, saved as JPEG quality {lr_jpeg} (4:2:0)" if lr_jpeg else "Pillow bicubic",
         "speed": _speed_rows(restorer, size, folders) if speed else [],
     }
 

@@ -667,9 +667,12 @@ def bench() -> None:
 @click.option("--size", type=click.IntRange(16), default=512, show_default=True,
               help="Input side of the large-image speed test.")
 @click.option("--speed/--no-speed", default=True, show_default=True)
+@click.option("--lr-jpeg", type=click.IntRange(1, 100), metavar="Q",
+              help="Save each LR as a JPEG of quality Q (4:2:0) before upscaling it (and before bicubic): what "
+                   "a camera photo gives the network.")
 @click.option("--json", "as_json", is_flag=True)
 @click.argument("folders", nargs=-1, type=click.Path(exists=True, file_okay=False))
-def bench_upscale(x2, x3, x4, scale, model, threads, size, speed, as_json, folders):
+def bench_upscale(x2, x3, x4, scale, model, threads, size, speed, lr_jpeg, as_json, folders):
     """PSNR/SSIM on Y vs bicubic for each FOLDER of HR images, and output
     megapixels per second vs bicubic and an FSRCNN-shaped network."""
     from .benchmarks import bench_upscale as run_bench
@@ -682,7 +685,7 @@ def bench_upscale(x2, x3, x4, scale, model, threads, size, speed, as_json, folde
     problem = task.check(restorer, own)
     if problem:
         _fail_usage(f"model {model or task.default_model(own)} {problem}")
-    report = run_bench(restorer, list(folders), threads=threads, size=size, speed=speed)
+    report = run_bench(restorer, list(folders), threads=threads, size=size, speed=speed, lr_jpeg=lr_jpeg)
     if as_json:
         click.echo(json.dumps(report))
     else:
@@ -905,7 +908,7 @@ def _print_bench(report: dict) -> None:
     con.print(f"model {report['model']} x{report['scale']}, {report['params']:,} parameters, "
               f"torch threads {report['threads']}")
     if report["quality"]:
-        t = Table(title="quality (Y channel, border cropped)")
+        t = Table(title=f"quality (Y channel, border cropped; LR: {report.get('lr', 'Pillow bicubic')})")
         for c in ("folder", "images", "PSNR", "SSIM", "bicubic PSNR", "bicubic SSIM", "gain dB"):
             t.add_column(c)
         for name, q in report["quality"].items():

@@ -163,3 +163,26 @@ def test_jpeg_lr_benchmark_is_harder(tmp_path):
     clean = eval_sr(lambda lr: bicubic_up(lr, 2), folder, 2).summary()
     jpeg = eval_sr(lambda lr: bicubic_up(lr, 2), folder, 2, lr_jpeg=20).summary()
     assert jpeg["psnr"] < clean["psnr"] - 0.1
+
+
+def test_bench_upscale_with_jpeg_lr_scores_both_methods_on_the_same_jpeg(cli, tiny_x2, tmp_path):
+    """`bench upscale --lr-jpeg Q`: the LR is saved as a JPEG first, for the
+    network and for bicubic alike (the photo tier's measure): bicubic loses
+    against the clean-LR run, and the report says which LR it used."""
+    import json
+
+    data = tmp_path / "data"
+    data.mkdir()
+    yy, xx = np.mgrid[0:96, 0:96]
+    a = np.stack([128 + 90 * np.sin(xx / 5.0), 128 + 90 * np.cos(yy / 4.0), 128 + 60 * np.sin((xx + yy) / 7.0)], -1)
+    Image.fromarray(a.astype(np.uint8)).save(data / "a.png")
+    runs = {}
+    for extra in ([], ["--lr-jpeg", "20"]):
+        code, out, err = cli("bench", "upscale", "--x2", "--model", tiny_x2, "--no-speed", "--json", *extra, data)
+        assert code == 0, err
+        runs[bool(extra)] = json.loads(out)
+    clean, jpeg = runs[False], runs[True]
+    assert clean["lr"] == "Pillow bicubic" and "JPEG quality 20" in jpeg["lr"]
+    assert jpeg["quality"]["data"]["psnr_bicubic"] < clean["quality"]["data"]["psnr_bicubic"] - 0.5
+    code, _, err = cli("bench", "upscale", "--x2", "--model", tiny_x2, "--no-speed", "--lr-jpeg", "0", data)
+    assert code == 2 and "lr-jpeg" in str(err)
