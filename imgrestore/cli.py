@@ -1010,6 +1010,9 @@ def train_upscale(scale, data, val, arch, steps, batch, patch, channels, blocks,
 @click.option("--dropout", type=click.FloatRange(0, 0.9), default=0.0, show_default=True,
               help="semantic: channel dropout on the encoder's maps and dropout on the global vector, in "
                    "training (against memorizing each photo's colours).")
+@click.option("--tune-tail", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="semantic: also retrain the encoder's blocks after its 1/16 map and its head, at this factor "
+                   "of the learning rate (0: the encoder stays frozen); their tensors go into OUTPUT.")
 @click.option("--encoder", type=click.Path(exists=True, dir_okay=False),
               help="semantic: the encoder file (default: the shipped encoder-efficientnet-lite0); the colorizer's "
                    "config names it by its file name, so ship it under that name.")
@@ -1017,8 +1020,8 @@ def train_upscale(scale, data, val, arch, steps, batch, patch, channels, blocks,
               help="Keep OUTPUT.stepN.safetensors at every --eval-every step, to choose from on the hold-out.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
 def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval_every, loss_kind, rebalance,
-                   fg_weight, holdout, min_zoom, init, arch, cache, crops_per_image, dropout, encoder, snapshots,
-                   output):
+                   fg_weight, holdout, min_zoom, init, arch, cache, crops_per_image, dropout, tune_tail, encoder,
+                   snapshots, output):
     """Train the colorizer; writes OUTPUT and OUTPUT.state (resume by
     running the same command again)."""
     from .train.colorize import make_semantic_task, make_task
@@ -1035,9 +1038,9 @@ def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval
     if arch == "semantic":
         task = make_semantic_task(list(data), cache=Path(cache) if cache else None,
                                   crops_per_image=crops_per_image, dropout=dropout,
-                                  encoder=Path(encoder) if encoder else None, **common)
-    elif dropout or cache or encoder:
-        _fail_usage("--dropout, --cache and --encoder are for --arch semantic")
+                                  encoder=Path(encoder) if encoder else None, tune_tail=tune_tail, **common)
+    elif dropout or cache or encoder or tune_tail:
+        _fail_usage("--dropout, --cache, --tune-tail and --encoder are for --arch semantic")
     else:
         task = make_task(list(data), **common)
     run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log,

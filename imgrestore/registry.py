@@ -24,9 +24,11 @@ ARCHS: dict[str, ArchSpec] = {a.id: a for a in (sr.ARCH, hasn.ARCH, rlfn.ARCH, c
 
 def own_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors a model's own weights file holds: its state dict less the
-    parts that live in another shipped file (its `EXTERNAL` prefixes)."""
+    parts that live in another shipped file (its `EXTERNAL` prefixes), except
+    those the model has retrained itself (its `owns(key)`, if it has one)."""
     skip = tuple(getattr(model, "EXTERNAL", ()))
-    return {k: v for k, v in model.state_dict().items() if not (skip and k.startswith(skip))}
+    owns = getattr(model, "owns", lambda key: False)
+    return {k: v for k, v in model.state_dict().items() if not (skip and k.startswith(skip)) or owns(k)}
 
 
 def build_from_weights(wf) -> nn.Module:
@@ -42,9 +44,10 @@ def build_from_weights(wf) -> nn.Module:
         model = spec.build(dict(wf.config))
     except (TypeError, ValueError) as e:
         raise WeightsError(f"{wf.path}: config does not fit architecture {wf.arch!r} ({e})") from None
-    tensors = dict(wf.tensors)
+    tensors = {}
     for prefix, field in getattr(model, "EXTERNAL", {}).items():
         tensors.update(_component_tensors(wf, model, prefix, getattr(model.cfg, field)))
+    tensors.update(wf.tensors)  # the file's own (and what it retrained of a component) win
     load_state_strict(model, tensors, wf.path)
     return model
 

@@ -281,3 +281,44 @@ def test_gray_encoder_needs_photos_to_hold_out(tmp_path):
     with pytest.raises(ValueError, match="hold out"):
         make_gray_encoder_task([str(photos)], encoder=src, cache=tmp_path / "c", crop=64, holdout=0.0,
                                log=lambda m: None)
+
+
+def test_tuned_tail_trains_with_the_decoder_lives_in_its_file_and_loads_over_the_encoder(tiny_semantic, tmp_path):
+    """`train colorize --tune-tail F`: the encoder's blocks after its 1/16
+    tap and its head train with the decoder from the cached 1/16 maps; the
+    file holds exactly those encoder tensors, loading puts them over the
+    encoder file's, and the cached-map path computes what the full encoder
+    computes."""
+    from imgrestore.train.colorize import make_semantic_task
+    from imgrestore.train.loop import TrainOptions, train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(6):
+        small = np.random.default_rng(i).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((48, 40), Image.BILINEAR).save(data / f"n0000000{i}_{i}.png")
+    enc_path = weights_dir() / ENC_FILE
+    task = make_semantic_task([str(data)], crop=32, batch=4, holdout=0.0, width=8, cache=tmp_path / "cache",
+                              crops_per_image=2, encoder=enc_path, tune_tail=0.5, log=lambda m: None)
+    assert task.lr_scales(task.model) == {"encoder.": 0.5}
+    out = tmp_path / "t.safetensors"
+    train(task, TrainOptions(steps=6, out=out, lr=1e-2, warmup=1, save_every=3, log=lambda m: None))
+    wf = weights.read(out)
+    enc = weights.read(enc_path).tensors
+    cut = EfficientLite(**TINY_ENC).taps[2] + 1
+    mine = sorted(k for k in wf.tensors if k.startswith("encoder."))
+    assert mine == sorted(f"encoder.{k}" for k in enc if k.startswith("head.") or
+                          (k.startswith("blocks.") and int(k.split(".")[1]) >= cut))
+    assert any(not torch.equal(wf.tensors[k], enc[k[8:]]) for k in mine)  # trained
+    assert wf.config["tune_tail"] is True and "kept in this file" in wf.provenance["tune_tail"]
+    r = load(out, device="cpu")
+    got = r.model.state_dict()
+    for k, v in enc.items():
+        assert torch.equal(got[f"encoder.{k}"], wf.tensors.get(f"encoder.{k}", v)), k
+    l = torch.rand(1, 1, 40, 48) * 100
+    with torch.no_grad():
+        full = r.model.encode(l)
+        again = r.model.retail(full)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(full, again))
+    # resumable: the state holds the tail and its moments
+    train(task, TrainOptions(steps=7, out=out, lr=1e-2, warmup=1, save_every=3, log=lambda m: None))

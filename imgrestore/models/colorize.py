@@ -188,6 +188,9 @@ class SemanticConfig:
     # (Zhang et al. 2016) read out by its annealed mean at `temperature`
     head: str = "ab"
     temperature: float = 0.38
+    # retrain the encoder's blocks after its 1/16 tap and its head with the
+    # decoder (their tensors are then this file's, over the encoder file's)
+    tune_tail: bool = False
     # training only: channel dropout on the encoder's maps and dropout on the
     # global vector (a frozen classifier's features name each training photo
     # well enough for a decoder to memorize its colours)
@@ -222,8 +225,13 @@ class SemanticColorNet(nn.Module):
         cfg = SemanticConfig(**kwargs)
         self.cfg = cfg
         self.encoder = EfficientLite(**(cfg.encoder_config or {}))
-        for p in self.encoder.parameters():
-            p.requires_grad_(False)
+        # the tail: blocks after the 1/16 tap, then the head (the maps the
+        # fusion and the global vector read)
+        self.tail_from = self.encoder.taps[2] + 1
+        if self.encoder.taps[3] != len(self.encoder.blocks) - 1:
+            raise ValueError("the encoder's 1/32 map must be its last block's output")
+        for name, p in self.encoder.named_parameters():
+            p.requires_grad_(self.owns(f"encoder.{name}"))
         c4, c8, c16, c32, chead = self.encoder.channels
         w = cfg.width
         ws = dict(d2=max(8, w // 2), d4=w, d8=2 * w, d16=4 * w, ca=max(4, w))
@@ -251,10 +259,27 @@ class SemanticColorNet(nn.Module):
     def config(self) -> dict:
         return asdict(self.cfg)
 
+    def owns(self, key: str) -> bool:
+        """Whether the state-dict entry `key` of the encoder is this file's
+        (the tail, when `tune_tail`) rather than the encoder file's."""
+        if not (self.cfg.tune_tail and key.startswith("encoder.")):
+            return False
+        parts = key.split(".")
+        return parts[1] == "head" or (parts[1] == "blocks" and int(parts[2]) >= self.tail_from)
+
     def train(self, mode: bool = True):
         super().train(mode)
-        self.encoder.eval()  # frozen: always in its inference form
+        self.encoder.eval()  # no batch norm or dropout: always its inference form
         return self
+
+    def retail(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Cached maps (1/4, 1/8, 1/16, 1/32, head) -> the same with the
+        1/32 map and the head recomputed from the 1/16 map by the tail as it
+        is now (training with `tune_tail`)."""
+        x = feats[2]
+        for b in self.encoder.blocks[self.tail_from:]:
+            x = b(x)
+        return [*feats[:3], x, F.relu6(self.encoder.head(x))]
 
     def encode(self, l: torch.Tensor) -> list[torch.Tensor]:
         """(B, 1, H, W) L in [0, 100] -> the encoder's maps (no gradient)."""
@@ -299,6 +324,8 @@ class SemanticColorNet(nn.Module):
         `return_bins`, the bin logits or None). `feats`: the encoder's maps of
         `l` when the caller has them (cached in training)."""
         feats = self.encode(l) if feats is None else feats
+        if self.cfg.tune_tail and self.training:  # (encode ran without gradient)
+            feats = self.retail(feats)
         head = feats[-1] if global_from is None else self.encode(global_from)[-1]
         g = self.global_vector(head)
         p = self.cfg.dropout if self.training else 0.0

@@ -33,6 +33,8 @@ class TrainTask:
     loss: Callable[[nn.Module, tuple], torch.Tensor]
     evaluate: Callable[[nn.Module], dict] | None = None  # final metrics
     quick_eval: Callable[[nn.Module], dict] | None = None  # periodic, cheap
+    # model -> {parameter name prefix: learning-rate factor} (others: 1)
+    lr_scales: Callable[[nn.Module], dict[str, float]] | None = None
     provenance: dict = field(default_factory=dict)
 
 
@@ -129,7 +131,13 @@ def lr_at(step: int, o: TrainOptions) -> float:
 
 def train(task: TrainTask, o: TrainOptions) -> dict:
     model = task.model
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=o.lr, betas=(0.9, 0.99))
+    scales = task.lr_scales(model) if task.lr_scales else {}
+    groups: dict[float, list] = {}
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            f = next((v for k, v in scales.items() if n.startswith(k)), 1.0)
+            groups.setdefault(f, []).append(p)
+    opt = torch.optim.Adam([{"params": ps, "lr_scale": f} for f, ps in groups.items()], lr=o.lr, betas=(0.9, 0.99))
     state = _state_path(o.out)
     start, elapsed0 = 0, 0.0
     if o.resume and state.exists():
@@ -141,7 +149,7 @@ def train(task: TrainTask, o: TrainOptions) -> dict:
     model.train()
     for step in range(start, o.steps):
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, o)
+            g["lr"] = lr_at(step, o) * g["lr_scale"]
         batch = task.batch(step)
         loss = task.loss(model, batch)
         opt.zero_grad(set_to_none=True)
