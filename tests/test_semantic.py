@@ -211,7 +211,8 @@ def test_shipped_colorizer_runs_on_the_gray_tuned_encoder_derived_from_lite0():
     """The shipped colorizer names the gray-tuned encoder; that file is the
     converted Lite0 with only its blocks after the 1/16 tap and its head
     changed (stem, earlier blocks and class layer bit for bit), says so,
-    and keeps Lite0's licence."""
+    and keeps Lite0's licence; the colorizer carries its own retrained
+    copy of that tail."""
     import hashlib
 
     col = weights.read(weights_dir() / "colorize.safetensors")
@@ -229,6 +230,14 @@ def test_shipped_colorizer_runs_on_the_gray_tuned_encoder_derived_from_lite0():
         assert torch.equal(t, src.tensors[name]) != tuned, name
     m = gray.provenance["metrics"]
     assert m["holdout"]["agree"] > m["before"]["agree"] and m["holdout"]["kl"] < m["before"]["kl"]
+    # the colorizer retrained that tail with its decoder (--tune-tail): its own tensors load over the file's
+    assert col.config["tune_tail"] is True
+    tail = {k[8:] for k in col.tensors if k.startswith("encoder.")}
+    assert tail == {k for k in gray.tensors if k.startswith("head.") or
+                    (k.startswith("blocks.") and int(k.split(".")[1]) >= cut)}
+    r = load("colorize", device="cpu")
+    assert torch.equal(r.model.state_dict()["encoder.head.weight"], col.tensors["encoder.head.weight"])
+    assert torch.equal(r.model.state_dict()["encoder.stem.weight"], src.tensors["stem.weight"])
 
 
 def test_gray_encoder_fine_tuning_moves_only_the_tail_and_closes_the_gap(tmp_path):
