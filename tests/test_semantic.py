@@ -24,6 +24,16 @@ TINY_ENC = dict(stages=[[1, 3, 1, 1, 8], [1, 3, 2, 2, 8], [1, 5, 2, 2, 8], [1, 3
 ENC_FILE = COMPONENTS["encoder-efficientnet-lite0"]
 
 
+def labelled_photos(tmp_path, n: int = 6):
+    """A folder of `n` small colour photos named as ImageNet's (wnid first)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(n):
+        small = np.random.default_rng(i).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((48, 40), Image.BILINEAR).save(data / f"n0000000{i}_{i}.png")
+    return data
+
+
 @pytest.fixture
 def tiny_semantic(tmp_path, monkeypatch):
     """A weights folder holding a tiny random encoder under the shipped
@@ -147,11 +157,7 @@ def test_training_with_cached_features_resumes_and_loads(tiny_semantic, tmp_path
     from imgrestore.train.colorize import make_semantic_task
     from imgrestore.train.loop import TrainOptions, train
 
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(6):
-        small = np.random.default_rng(i).integers(0, 256, (6, 6, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((48, 40), Image.BILINEAR).save(data / f"n0000000{i}_{i}.png")
+    data = labelled_photos(tmp_path)
     enc_path = weights_dir() / ENC_FILE
     kw = dict(crop=32, batch=4, holdout=0.0, width=8, cache=tmp_path / "cache", crops_per_image=2,
               encoder=enc_path, log=lambda m: None, loss_kind=loss_kind, rebalance=0.5)
@@ -301,11 +307,7 @@ def test_tuned_tail_trains_with_the_decoder_lives_in_its_file_and_loads_over_the
     from imgrestore.train.colorize import make_semantic_task
     from imgrestore.train.loop import TrainOptions, train
 
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(6):
-        small = np.random.default_rng(i).integers(0, 256, (6, 6, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((48, 40), Image.BILINEAR).save(data / f"n0000000{i}_{i}.png")
+    data = labelled_photos(tmp_path)
     enc_path = weights_dir() / ENC_FILE
     task = make_semantic_task([str(data)], crop=32, batch=4, holdout=0.0, width=8, cache=tmp_path / "cache",
                               crops_per_image=2, encoder=enc_path, tune_tail=0.5, log=lambda m: None)
