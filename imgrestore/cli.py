@@ -947,12 +947,15 @@ def train() -> None:
 @click.option("--degrade", type=click.Choice(["bicubic", "photo"]), default="bicubic", show_default=True,
               help="LR of the training pairs: the clean bicubic downscale, or (photo) that with mild noise "
               "and JPEG compression (quality 60-95), as camera photos carry.")
+@click.option("--holdout", type=click.FloatRange(0, 0.5), default=0.0, show_default=True,
+              help="Fraction of the training files kept out (by a hash of the name) and scored at every "
+                   "evaluation (their centre crops): choose settings on it, not on --val.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--eval-every", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
 def train_upscale(scale, data, val, arch, steps, batch, patch, channels, blocks, lr, init, teacher, distill,
-                  degrade, threads, seed, eval_every, output):
+                  degrade, holdout, threads, seed, eval_every, output):
     """Train an upscaler on bicubic-downscaled crops (optionally distilled
     from a teacher); writes OUTPUT and OUTPUT.state (resume by running the
     same command again)."""
@@ -968,7 +971,7 @@ def train_upscale(scale, data, val, arch, steps, batch, patch, channels, blocks,
     task = make_task(list(data), scale, arch=arch, channels=channels or defaults[0],
                      blocks=defaults[1] if blocks is None else blocks, patch=patch, batch=batch,
                      val=list(val), init=Path(init) if init else None, teacher=Path(teacher) if teacher else None,
-                     distill=distill, degrade=degrade, seed=seed, log=log)
+                     distill=distill, degrade=degrade, holdout=holdout, seed=seed, log=log)
     run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log))
 
 

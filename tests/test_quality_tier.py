@@ -128,6 +128,24 @@ def test_distillation_names_its_teacher_and_pulls_toward_it(tmp_path):
         assert torch.allclose(task.loss(task.model, b), want)
 
 
+def test_upscale_training_scores_a_hold_out_of_its_own_files(tmp_path):
+    from imgrestore.train.loop import split_holdout
+    from imgrestore.train.sr import make_task
+
+    data = _photos(tmp_path / "hr", n=12, side=48)
+    kept, held = split_holdout(sorted(data.iterdir()), 0.3)
+    assert held and kept  # the fraction gives both sides with these names
+    task = make_task([str(data)], 2, arch="hasn", channels=8, blocks=1, patch=16, batch=2, holdout=0.3,
+                     log=lambda m: None)
+    assert task.provenance["images"] == len(kept) and task.provenance["holdout"]["images"] == len(held)
+    task.model.eval()
+    quick = task.quick_eval(task.model)
+    assert quick["holdout"]["images"] == len(held) and "gain_db" in quick["holdout"]
+    # without a hold-out nothing is held back and no periodic evaluation runs on training files
+    plain = make_task([str(data)], 2, arch="hasn", channels=8, blocks=1, patch=16, batch=2, log=lambda m: None)
+    assert plain.provenance["images"] == 12 and plain.quick_eval is None
+
+
 def test_distillation_refuses_a_teacher_of_another_scale(tmp_path):
     from imgrestore.train.sr import make_task
 

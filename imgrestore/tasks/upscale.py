@@ -163,10 +163,12 @@ def degrade_photo(lr: np.ndarray, rng: random.Random) -> np.ndarray:
     return jpeg_roundtrip(a, rng.randint(*PHOTO_JPEG_QUALITY), rng.choice((0, 2)))
 
 
-def sr_pair(path: Path, scale: int, lr_jpeg: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def sr_pair(path: Path, scale: int, lr_jpeg: int | None = None,
+            crop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(LR, HR) uint8 arrays of one photo as the benchmark defines them;
     with `lr_jpeg` the LR is saved as a JPEG of that quality (4:2:0) first,
-    as a camera photo would be."""
+    as a camera photo would be; with `crop` the HR is first cut to its
+    centre `crop` x `crop` pixels (at most)."""
     from PIL import Image
 
     from ..io import jpeg_roundtrip
@@ -174,6 +176,10 @@ def sr_pair(path: Path, scale: int, lr_jpeg: int | None = None) -> tuple[np.ndar
     with Image.open(path) as im:
         hr = np.asarray(im.convert("RGB"))
     h, w = hr.shape[:2]
+    if crop:
+        top, left = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
+        hr = hr[top:top + crop, left:left + crop]
+        h, w = hr.shape[:2]
     hr = hr[:h - h % scale, :w - w % scale]
     lr = bicubic_down(hr, scale)
     return (jpeg_roundtrip(lr, lr_jpeg, subsampling=2) if lr_jpeg else lr), hr
@@ -285,15 +291,17 @@ class SRResult:
         return out
 
 
-def eval_sr(upscale: Callable[[np.ndarray], np.ndarray], folder: str | Path, scale: int,
-            limit: int | None = None, lr_jpeg: int | None = None) -> SRResult:
-    """Run `upscale` (uint8 LR -> uint8 SR) over a folder of HR images (LR
-    saved as a JPEG of quality `lr_jpeg` first, if given)."""
+def eval_sr(upscale: Callable[[np.ndarray], np.ndarray], folder: str | Path | list[Path], scale: int,
+            limit: int | None = None, lr_jpeg: int | None = None, crop: int | None = None) -> SRResult:
+    """Run `upscale` (uint8 LR -> uint8 SR) over a folder (or a list) of HR
+    images (LR saved as a JPEG of quality `lr_jpeg` first, if given; HR cut
+    to its centre `crop` pixels first, if given)."""
     from ..io import list_images
 
-    res = SRResult(str(folder), scale)
-    for path in list_images([folder])[:limit]:
-        lr, hr = sr_pair(path, scale, lr_jpeg)
+    files = list_images(folder if isinstance(folder, list) else [folder])
+    res = SRResult("hold-out" if isinstance(folder, list) else str(folder), scale)
+    for path in files[:limit]:
+        lr, hr = sr_pair(path, scale, lr_jpeg, crop)
         p, s = sr_scores(upscale(lr), hr, scale)
         pb, sb = sr_scores(bicubic_up(lr, scale), hr, scale)
         res.images.append({"name": path.name, "psnr": p, "ssim": s, "psnr_bicubic": pb, "ssim_bicubic": sb})
@@ -313,8 +321,8 @@ def model_upscaler(model) -> Callable[[np.ndarray], np.ndarray]:
     return run
 
 
-def evaluate(model, folder: str | Path, limit: int | None = None) -> dict:
-    return eval_sr(model_upscaler(model), folder, model.cfg.scale, limit).summary()
+def evaluate(model, folder: str | Path | list[Path], limit: int | None = None, crop: int | None = None) -> dict:
+    return eval_sr(model_upscaler(model), folder, model.cfg.scale, limit, crop=crop).summary()
 
 
 # ---------------------------------------------------------------------------- prune

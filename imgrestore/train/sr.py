@@ -20,7 +20,9 @@ from ..models.hasn import HASN
 from ..models.sr import ECBSR
 from ..tasks.base import checkpoint_sampler
 from ..tasks.upscale import TASK, load_rgb
-from .loop import TrainTask, init_from
+from .loop import TrainTask, init_from, split_holdout
+
+HOLDOUT_CROP = 384  # hold-out photos are scored on their centre HR crop (cheap enough for every evaluation)
 
 
 ARCHS = {"ecbsr": (ECBSR, dict(mid_mult=2.0)), "hasn": (HASN, {})}
@@ -49,7 +51,7 @@ def load_teacher(path: Path, scale: int, log=print):
 def make_task(data: list[str], scale: int, *, arch: str = "ecbsr", channels: int = 32, blocks: int = 4,
               patch: int = 48, batch: int = 16, val: list[str] | None = None,
               init: Path | None = None, teacher: Path | None = None, distill: float = 0.5,
-              degrade: str = "bicubic", seed: int = 0, log=print) -> TrainTask:
+              degrade: str = "bicubic", holdout: float = 0.0, seed: int = 0, log=print) -> TrainTask:
     torch.manual_seed(seed)
     cls, extra = ARCHS[arch]
     config = dict(scale=scale, colors=3, channels=channels, blocks=blocks, **extra)
@@ -57,17 +59,24 @@ def make_task(data: list[str], scale: int, *, arch: str = "ecbsr", channels: int
     config = model.config()
     if init:
         init_from(model, init, log)
-    files = list_images(data)
+    files, held = split_holdout(list_images(data), holdout)
     images = load_rgb(files, min_side=patch * scale)
-    log(f"loaded {len(images)} training images from {', '.join(map(str, data))}")
+    log(f"loaded {len(images)} training images from {', '.join(map(str, data))}"
+        + (f"; {len(held)} held out" if holdout else ""))
     pairs = TASK.pairs(images, scale, patch, seed=seed, degrade=degrade)
 
     sample = checkpoint_sampler(pairs, batch, seed)
 
     teach, teacher_note = load_teacher(teacher, scale, log) if teacher else (None, None)
+    # channels_last, as the restorer runs them: a third faster on the CPU
+    # (HASN x4, batch 16 of 64 px, one thread: 1.02 s a step against 1.51)
+    model.to(memory_format=torch.channels_last)
+    if teach is not None:
+        teach.to(memory_format=torch.channels_last)
 
     def loss(m, b):
         lr, hr = b
+        lr = lr.contiguous(memory_format=torch.channels_last)
         y = m(lr)
         if teach is None or not distill:
             return F.l1_loss(y, hr)
@@ -75,13 +84,16 @@ def make_task(data: list[str], scale: int, *, arch: str = "ecbsr", channels: int
             want = teach(lr)
         return (1 - distill) * F.l1_loss(y, hr) + distill * F.l1_loss(y, want)
 
-    def evaluate(m, folders=val or []):
-        return {Path(f).name: TASK.evaluate(m, f) for f in folders}
+    def evaluate(m, folders=val or [], quick=False):
+        """The hold-out (centre crops; settings are chosen on it), then the
+        validation folders (only the first one when `quick`)."""
+        out = {"holdout": TASK.evaluate(m, held, crop=HOLDOUT_CROP)} if held else {}
+        return out | {Path(f).name: TASK.evaluate(m, f) for f in (folders[:1] if quick else folders)}
 
     return TrainTask(
         arch=arch, task=TASK.name, scale=scale, model=model, config=config,
         batch=sample, loss=loss, evaluate=evaluate,
-        quick_eval=(lambda m: evaluate(m, val[:1])) if val else None,
+        quick_eval=(lambda m: evaluate(m, quick=True)) if val or held else None,
         provenance=dict(
             data=[Path(d).name for d in data], images=len(images), patch_lr=patch, batch=batch,
             degradation="pillow bicubic downscale of HR crops zoomed out by U(0.5, 1)" + (
@@ -90,5 +102,7 @@ def make_task(data: list[str], scale: int, *, arch: str = "ecbsr", channels: int
             loss=f"L1, {distill:g} of it to the teacher's output" if teacher else "L1",
             teacher=teacher_note, optimizer="Adam(0.9, 0.99) cosine", init=str(Path(init).name) if init else None,
             seed=seed,
+            holdout=dict(fraction=holdout, images=len(held), crop=HOLDOUT_CROP,
+                         rule="crc32(file name) % 10000 < fraction * 10000") if holdout else None,
         ),
     )
