@@ -419,9 +419,8 @@ def _process(task: Task, own: dict, *, inputs, output, recursive, model, fmt, qu
     if backend == "torch":  # onnx: threads are its session's, and torch is never imported
         _setup_torch(threads)
     settings = task.settings(own, max_pixels)
-    default_model = task.default_model(own)
     chosen = model is not None
-    model = model or default_model
+    model = model or task.default_model(own)
 
     def load(name):
         return _load_restorer(name, device, debug, task.name, backend, threads, **settings)
@@ -690,6 +689,45 @@ def bench_upscale(x2, x3, x4, scale, model, threads, size, speed, lr_jpeg, as_js
         click.echo(json.dumps(report))
     else:
         _print_bench(report)
+
+
+@bench.command("tiers")
+@click.option("--scale", "scales", default="2,3,4", show_default=True, help="Scales, comma-separated.")
+@click.option("--size", default="2000x1500", show_default=True, help="The timed input, WxH.")
+@click.option("--format", "fmt", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True,
+              help="Output format of the timed commands.")
+@click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--repeat", type=click.IntRange(1), default=3, show_default=True, help="Best of this many runs.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also draw the chart (PNG) here.")
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+def bench_tiers(scales, size, fmt, threads, repeat, plot, as_json, folders):
+    """Every shipped upscaler's quality (Y-PSNR gain over bicubic, pooled
+    over the FOLDERS' images) against its whole-command speed (output MP/s),
+    next to bicubic, in one run; --plot draws it."""
+    from .tierplot import draw, measure
+
+    _setup_torch(threads)
+    picked = [int(v) for v in _choices(scales, ("2", "3", "4"), "--scale")]
+    report = measure(picked, list(folders), size=_dims(size, 2, "WxH (e.g. 2000x1500)"), fmt=fmt, threads=threads,
+                     repeat=repeat, log=lambda m: None if as_json else click.echo(m, err=True))
+    if plot:
+        draw(report, plot)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"upscalers: quality ({', '.join(report['folders'])}) against whole-command speed "
+                    f"({report['size'][0]}x{report['size'][1]} -> {report['format']}, {threads} threads)")
+    for c in ("model", "scale", "Y-PSNR", "gain over bicubic", "seconds", "output MP/s"):
+        t.add_column(c)
+    for p in report["points"]:
+        t.add_row(p["name"], f"x{p['scale']}", f"{p['psnr']:.2f}", f"{p['gain_db']:+.2f}", f"{p['seconds']:.2f}",
+                  f"{p['mp_per_s']:.2f}")
+    _table_console().print(t)
+    if plot:
+        click.echo(f"wrote {plot}", err=True)
 
 
 def _dims(text: str, parts: int, what: str) -> tuple[int, ...]:

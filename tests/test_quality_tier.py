@@ -204,3 +204,88 @@ def test_bench_upscale_with_jpeg_lr_scores_both_methods_on_the_same_jpeg(cli, ti
     assert jpeg["quality"]["data"]["psnr_bicubic"] < clean["quality"]["data"]["psnr_bicubic"] - 0.5
     code, _, err = cli("bench", "upscale", "--x2", "--model", tiny_x2, "--no-speed", "--lr-jpeg", "0", data)
     assert code == 2 and "lr-jpeg" in str(err)
+
+
+@pytest.fixture
+def quality_x2_shipped(tmp_path, monkeypatch):
+    """A weights folder whose quality tier ships only x2 (a tiny HASN), next
+    to the real fast upscalers."""
+    import shutil
+
+    from imgrestore import catalog
+
+    wdir = tmp_path / "w"
+    wdir.mkdir()
+    for s in (2, 3, 4):
+        shutil.copy(catalog.weights_dir() / f"upscale-x{s}.safetensors", wdir)
+    _save(randomize(HASN(scale=2, **TINY), std=0.15), wdir / "upscale-x2-quality.safetensors", "hasn", 2)
+    monkeypatch.setenv("IMGRESTORE_WEIGHTS", str(wdir))
+    monkeypatch.setitem(catalog.SHIPPED, "upscale-x2-quality", catalog.ShippedModel(
+        "upscale-x2-quality", "upscale-x2-quality.safetensors", "upscale", 2, "quality x2 (HASN)"))
+    return wdir
+
+
+def _gradient_png(path, w=24, h=18):
+    a = np.zeros((h, w, 3), np.uint8)
+    a[..., 0] = np.linspace(0, 255, w)[None, :]
+    a[..., 1] = np.linspace(0, 255, h)[:, None]
+    Image.fromarray(a).save(path)
+    return path
+
+
+def test_tier_picks_the_tiers_model_and_keeps_the_default_name(tmp_path, cli, quality_x2_shipped):
+    src = _gradient_png(tmp_path / "in.png")
+    code, _, err = cli("upscale", "--x2", "--tier", "quality", src, "-o", tmp_path / "q.png")
+    assert code == 0, err
+    code, _, err = cli("upscale", "--x2", src, "-o", tmp_path / "f.png")
+    assert code == 0, err
+    q, f = np.asarray(Image.open(tmp_path / "q.png")), np.asarray(Image.open(tmp_path / "f.png"))
+    assert q.shape == f.shape == (36, 48, 3) and not np.array_equal(q, f)  # another network ran
+    code, _, err = cli("upscale", "--x2", "--model", quality_x2_shipped / "upscale-x2-quality.safetensors", src,
+                       "-o", tmp_path / "m.png")
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "m.png")), q)  # the tier's model, by its file
+    # next to the input, a shipped model of any tier gets the plain scale suffix
+    code, _, err = cli("upscale", "--x2", "--tier", "quality", src)
+    assert code == 0, err
+    assert (tmp_path / "in_x2.png").is_file()
+
+
+def test_tier_without_that_scale_is_a_usage_error(tmp_path, cli, quality_x2_shipped):
+    src = _gradient_png(tmp_path / "in.png")
+    code, _, err = cli("upscale", "--x4", "--tier", "quality", src, "-o", tmp_path / "o.png")
+    assert code == 2 and "--tier quality has no x4 upscaler (shipped: x2)" in err
+    code, _, err = cli("upscale", "--tier", "photo", src, "-o", tmp_path / "o.png")
+    assert code == 2 and "--tier photo has no x4 upscaler (shipped: none yet)" in err
+    assert not (tmp_path / "o.png").exists()
+    # -s picks among the tier's own scales: x2 then a resize, never a fast model
+    code, _, err = cli("upscale", "--tier", "quality", "-s", "1.5", src, "-o", tmp_path / "s.png")
+    assert code == 0, err
+    assert np.asarray(Image.open(tmp_path / "s.png")).shape == (27, 36, 3)
+
+
+def test_tier_and_a_model_of_another_tier_is_a_usage_error(tmp_path, cli, quality_x2_shipped):
+    src = _gradient_png(tmp_path / "in.png")
+    code, _, err = cli("upscale", "--x2", "--tier", "quality", "--model", "upscale-x2", src, "-o", tmp_path / "o.png")
+    assert code == 2 and "is not the quality tier's x2 upscaler" in err
+    code, _, err = cli("upscale", "--tier", "quality", "--model", "upscale-x2-quality", src, "-o", tmp_path / "o.png")
+    assert code == 0, err
+
+
+def test_bench_tiers_measures_every_shipped_upscaler_and_bicubic_and_draws_them(tmp_path, cli):
+    import json
+
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    _gradient_png(hr / "a.png", 40, 32)
+    code, out, err = cli("bench", "tiers", "--scale", "2", "--size", "48x32", "--repeat", "1", "--threads", "1",
+                         "--plot", tmp_path / "t.png", "--json", hr)
+    assert code == 0, err
+    rep = json.loads(out)
+    names = [p["name"] for p in rep["points"]]
+    assert names[0] == "upscale-x2" and names[-1] == "bicubic" and all(p["scale"] == 2 for p in rep["points"])
+    bic = rep["points"][-1]
+    assert bic["gain_db"] == 0 and all(p["mp_per_s"] > 0 for p in rep["points"])
+    assert abs(rep["points"][0]["psnr"] - rep["points"][0]["gain_db"] - bic["psnr"]) < 1e-3  # one baseline
+    im = Image.open(tmp_path / "t.png")
+    assert im.size == (900, 560) and len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 10  # axes, markers and text drawn

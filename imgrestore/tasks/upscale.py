@@ -40,6 +40,29 @@ SIZE_OPTIONS = (
                  "unless --width is given too)."),
 )
 TRAINED_SCALES = (2, 3, 4)
+# which family of upscalers (`--quality` already means the output's JPEG
+# quality): fast (the default), quality (slower, sharper), photo (the quality
+# tier trained on LR that carries JPEG compression and noise, as camera
+# photos do)
+TIERS = ("fast", "quality", "photo")
+TIER_OPTIONS = (
+    click.option("--tier", type=click.Choice(TIERS), default="fast", show_default=True,
+                 help="Which upscalers: fast, quality (a hybrid attention network: sharper, slower) or photo "
+                 "(the quality tier trained on JPEG-compressed, slightly noisy inputs, as camera photos are)."),
+)
+
+
+def tier_model(scale: int, tier: str = "fast") -> str:
+    """The shipped model's name for a scale and tier: upscale-x4,
+    upscale-x4-quality, upscale-x4-photo."""
+    return f"upscale-x{scale}" + ("" if tier == "fast" else f"-{tier}")
+
+
+def tier_scales(tier: str) -> tuple[int, ...]:
+    """The scales the tier has a shipped model for."""
+    from ..catalog import SHIPPED
+
+    return tuple(s for s in TRAINED_SCALES if tier_model(s, tier) in SHIPPED)
 
 
 def parse_scale(values: dict) -> dict:
@@ -68,17 +91,21 @@ def parse_scale(values: dict) -> dict:
     return values
 
 
-def _trained_scale(factor: float) -> int:
+def _trained_scale(factor: float, scales: tuple[int, ...] = TRAINED_SCALES) -> int:
     """The smallest trained scale at or above `factor`, or the largest."""
-    return next((s for s in TRAINED_SCALES if s >= factor - 1e-9), TRAINED_SCALES[-1])
+    return next((s for s in scales if s >= factor - 1e-9), scales[-1])
 
 
 def _default_model(values: dict) -> str:
-    if values.get("scale"):
-        return f"upscale-x{values['scale']}"
-    if values.get("outscale"):
-        return f"upscale-x{_trained_scale(values['outscale'])}"
-    return "upscale-x4"
+    tier = values.get("tier") or "fast"
+    scales = tier_scales(tier) if tier != "fast" else TRAINED_SCALES
+    scale = values.get("scale") or (_trained_scale(values["outscale"], scales) if values.get("outscale") and scales
+                                     else 4)
+    if scale not in scales:
+        have = ", ".join(f"x{s}" for s in scales) or "none yet"
+        raise click.UsageError(f"--tier {tier} has no x{scale} upscaler (shipped: {have}); "
+                               f"use another scale or --tier fast")
+    return tier_model(scale, tier)
 
 
 def _wrap(restorer, values: dict, load, chosen: bool):
@@ -105,15 +132,17 @@ def _wrap(restorer, values: dict, load, chosen: bool):
                 return width, max(1, round(h * width / w))
             return max(1, round(w * height / h)), height
     models = {restorer.scale: restorer}
+    tier = values.get("tier") or "fast"
+    scales = tier_scales(tier) if tier != "fast" else TRAINED_SCALES
 
     chosen = chosen or bool(values.get("scale"))  # --model, or --xN / --scale
 
     def pick(factor: float):
         if chosen:
             return restorer
-        s = _trained_scale(factor)
+        s = _trained_scale(factor, scales)
         if s not in models:
-            models[s] = load(f"upscale-x{s}")
+            models[s] = load(tier_model(s, tier))
         return models[s]
 
     return Resized(restorer, pick, size, label)  # above the model's scale: a note per batch (input_notes)
@@ -400,6 +429,9 @@ def _check(restorer: Restorer, values: dict) -> str | None:
     scale = values.get("scale")
     if scale is not None and restorer.scale != scale:
         return f"upscales x{restorer.scale}, but x{scale} was asked for"
+    tier = values.get("tier") or "fast"
+    if tier != "fast" and restorer.name != tier_model(restorer.scale, tier):
+        return f"is not the {tier} tier's x{restorer.scale} upscaler (--model and --tier both pick it; give one)"
     return None
 
 
@@ -410,7 +442,7 @@ TASK = Task(
     restorer=Restorer,
     suffix=lambda r: getattr(r, "label", None) or f"_x{r.scale}",
     output_suffixes=("_x2", "_x3", "_x4"),
-    options=SCALE_OPTIONS + SIZE_OPTIONS,
+    options=SCALE_OPTIONS + TIER_OPTIONS + SIZE_OPTIONS,
     parse=parse_scale,
     default_model=_default_model,
     wrap=_wrap,
