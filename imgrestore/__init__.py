@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-from .errors import (ExportError, ImgRestoreError, InputError, ModelNotFound, OutputError, OutputExists, UnknownTask,
-                     WeightsError, WrongTask)
+from .errors import (ExportError, ImgRestoreError, InputError, ModelNotFound, NameCollision, OutputError, OutputExists,
+                     UnknownTask, WeightsError, WrongTask)
 
 __version__ = "0.1.0"
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "UnknownTask",
     "WrongTask",
     "ExportError",
+    "NameCollision",
     "__version__",
 ]
 

@@ -33,3 +33,17 @@ def test_batch_map_like_an_engine(tiny_x2):
     batch = {"image": [np.asarray(noise_image(4, 6, seed=i)) for i in range(3)]}
     out = upscale_batch(batch)
     assert [o.shape for o in out["image"]] == [(8, 12, 3)] * 3
+
+
+def test_every_public_error_is_exported():
+    """A caller catches what the API raises by the package's own names
+    (NameCollision was raised but not exported)."""
+    import inspect
+
+    from imgrestore import errors
+
+    raised = {n for n, c in vars(errors).items()
+              if inspect.isclass(c) and issubclass(c, errors.ImgRestoreError) and not n.startswith("_")}
+    assert raised <= set(imgrestore.__all__)
+    for n in raised:
+        assert getattr(imgrestore, n) is getattr(errors, n)
