@@ -1255,6 +1255,9 @@ def main() -> None:
     is closed and synced by then, so the interpreter's teardown has nothing
     left to do but unload torch and its thread pools, 0.3-0.4 s of a torch
     command (os._exit skips it)."""
+    from .memory import keep_freed_memory
+
+    keep_freed_memory()
     try:
         cli(prog_name="imgrestore")
         code = 0
