@@ -270,6 +270,50 @@ def _png_info(data: bytes) -> tuple[int, int] | None:
     return data[24], data[25]
 
 
+def _tiff_layout(data: bytes) -> str | None:
+    """A TIFF's first image as words ("16-bit, 2 samples per pixel (gray +
+    alpha), LZW"), None if `data` is not a TIFF, "" if its header is damaged."""
+    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if order is None or len(data) < 8:
+        return None
+    try:
+        magic = struct.unpack(order + "H", data[2:4])[0]
+        if magic == 42:  # classic: 2-byte count, 12-byte entries, 4-byte values
+            (ifd,) = struct.unpack(order + "I", data[4:8])
+            count_fmt, entry, value_fmt, inline = "H", 12, "I", 4
+        elif magic == 43:  # BigTIFF: 8-byte count, 20-byte entries, 8-byte values
+            (ifd,) = struct.unpack(order + "Q", data[8:16])
+            count_fmt, entry, value_fmt, inline = "Q", 20, "Q", 8
+        else:
+            return None
+        cw = struct.calcsize(count_fmt)
+        (n,) = struct.unpack(order + count_fmt, data[ifd:ifd + cw])
+        sizes = {1: "B", 3: "H", 4: "I", 16: "Q"}
+        tags: dict[int, tuple] = {}
+        for i in range(min(n, 512)):
+            e = ifd + cw + i * entry
+            tag, typ = struct.unpack(order + "HH", data[e:e + 4])
+            (cnt,) = struct.unpack(order + value_fmt, data[e + 4:e + 4 + struct.calcsize(value_fmt)])
+            if tag not in (258, 259, 262, 277, 338) or typ not in sizes or cnt > 64:
+                continue
+            fmt = order + sizes[typ] * cnt
+            size = struct.calcsize(fmt)
+            at = e + 4 + struct.calcsize(value_fmt)
+            if size > inline:
+                (at,) = struct.unpack(order + value_fmt, data[at:at + inline])
+            tags[tag] = struct.unpack(fmt, data[at:at + size])
+    except (struct.error, IndexError):
+        return ""
+    samples = tags.get(277, (1,))[0]
+    bits = sorted(set(tags.get(258, (1,))))
+    kind = {1: "gray", 2: "gray + alpha", 3: "RGB", 4: "RGBA"}.get(samples) if tags.get(262, (1,))[0] in (0, 1, 2) else None
+    codec = {1: "", 5: ", LZW", 7: ", JPEG", 8: ", deflate", 32773: ", PackBits", 34925: ", LZMA",
+             50000: ", Zstandard", 50001: ", WebP"}.get(tags.get(259, (1,))[0], f", compression {tags.get(259, (0,))[0]}")
+    depth = "/".join(str(b) for b in bits) + "-bit"
+    return (f"{'BigTIFF, ' if magic == 43 else ''}{depth}, {samples} sample{'s' if samples != 1 else ''} per pixel"
+            f"{f' ({kind})' if kind else ''}{codec}")
+
+
 def read_bytes(job: Job) -> bytes:
     try:
         data = sys.stdin.buffer.read() if job.source == "-" else Path(job.source).read_bytes()
@@ -308,6 +352,11 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     except InputError:
         raise
     except UnidentifiedImageError:
+        layout = _tiff_layout(data)
+        if layout is not None:
+            raise InputError(f"a TIFF imgrestore cannot decode ({layout or 'damaged header'}): Pillow has no "
+                             "decoder for this layout; save it as PNG (8 or 16 bits, gray or RGB, with or "
+                             "without alpha)") from None
         raise InputError("not an image (unrecognized format)") from None
     except (OSError, SyntaxError, ValueError, struct.error, EOFError) as e:
         msg = str(e) or type(e).__name__

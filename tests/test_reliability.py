@@ -119,13 +119,17 @@ def test_corpus_of_bad_inputs(cli, tiny_model, tmp_path, command):
     frames = [noise_image(6, 6, seed=i).convert("P") for i in range(2)]
     frames[0].save(d / "anim.gif", save_all=True, append_images=frames[1:])
     noise_image(64, 64).save(d / "bomb.png")
+    from test_io import _tiff
+
+    (d / "gray_alpha16.tif").write_bytes(_tiff(np.full((4, 5, 2), 30000, np.uint16)))  # Pillow cannot decode it
     before = tree_digest(d)
     out = tmp_path / "out"
     code, _, err = cli(command, "--model", model, d, "-o", out, "--max-pixels", 4000)
     assert code == 1
     errors = {l.split(":")[1].strip().rsplit("/", 1)[-1]: l for l in err.splitlines() if l.startswith("error:")}
-    assert set(errors) == {"truncated.jpg", "zero.jpg", "text.png", "bomb.png"}
+    assert set(errors) == {"truncated.jpg", "zero.jpg", "text.png", "bomb.png", "gray_alpha16.tif"}
     assert "pixel limit" in errors["bomb.png"] and "--max-pixels" in errors["bomb.png"]
+    assert "TIFF" in errors["gray_alpha16.tif"] and "gray + alpha" in errors["gray_alpha16.tif"]
     assert "Traceback" not in err
     assert any("anim.gif" in l and "first frame" in l for l in err.splitlines())
     done = sorted(p.name for p in out.iterdir())
