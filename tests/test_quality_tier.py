@@ -118,14 +118,38 @@ def test_distillation_names_its_teacher_and_pulls_toward_it(tmp_path):
     teacher = randomize(RLFN(scale=2, channels=8, blocks=1, esa=4), std=0.05)
     tfile = _save(teacher, tmp_path / "teacher.safetensors", "rlfn", 2)
     task = make_task([str(data)], 2, arch="hasn", channels=8, blocks=1, patch=16, batch=2,
-                     teacher=tfile, distill=1.0, log=lambda m: None)
+                     teacher=tfile, distill=1.0, teacher_precision="fp32", log=lambda m: None)
     note = task.provenance["teacher"]
     assert note["arch"] == "rlfn" and note["file"] == "teacher.safetensors" and len(note["sha256"]) == 64
+    assert note["precision"] == "fp32"
     # with all of the loss on the teacher, a batch's loss is the L1 to the teacher's output
     b = task.batch(0)
     with torch.no_grad():
         want = torch.nn.functional.l1_loss(task.model(b[0]), teacher.eval()(b[0]))
         assert torch.allclose(task.loss(task.model, b), want)
+
+
+def test_a_bfloat16_teacher_gives_nearly_the_same_targets(tmp_path):
+    from imgrestore.train.sr import make_task
+
+    data = _photos(tmp_path / "hr")
+    teacher = randomize(RLFN(scale=2, channels=8, blocks=1, esa=4), std=0.05)
+    tfile = _save(teacher, tmp_path / "teacher.safetensors", "rlfn", 2)
+    kw = dict(arch="hasn", channels=8, blocks=1, patch=16, batch=2, teacher=tfile, distill=1.0)
+    fp32 = make_task([str(data)], 2, teacher_precision="fp32", log=lambda m: None, **kw)
+    bf16 = make_task([str(data)], 2, teacher_precision="bf16", log=lambda m: None, **kw)
+    assert bf16.provenance["teacher"]["precision"] == "bf16"
+    b = fp32.batch(0)
+    for t in (fp32, bf16):
+        t.model.load_state_dict(fp32.model.state_dict())
+    with torch.no_grad():
+        exact, rough = fp32.loss(fp32.model, b), bf16.loss(bf16.model, b)
+    assert rough.dtype == torch.float32 and rough != exact  # other arithmetic...
+    assert abs(float(rough) - float(exact)) < 0.01  # ...near the same targets (bfloat16 keeps 8 bits)
+    lines = []
+    auto = make_task([str(data)], 2, teacher_precision="auto", log=lines.append, **kw)
+    assert auto.provenance["teacher"]["precision"] in ("bf16", "fp32")
+    assert any(line.startswith("teacher precision: ") and "bfloat16" in line for line in lines)
 
 
 def test_upscale_training_scores_a_hold_out_of_its_own_files(tmp_path):

@@ -48,10 +48,43 @@ def load_teacher(path: Path, scale: int, log=print):
     return net, note
 
 
+def teacher_runner(teach: torch.nn.Module, precision: str, probe: torch.Tensor, log=print):
+    """lr -> the teacher's float32 output, in float32 or under bfloat16
+    autocast. `precision` auto times both on `probe` (best of 2 each) and
+    keeps the faster: bfloat16 convolutions are native on some CPUs (AVX512-BF16,
+    AMX) and emulated, slower, on others. Returns (run, the precision used)."""
+    import time
+
+    def run_fp32(lr):
+        with torch.no_grad():
+            return teach(lr)
+
+    def run_bf16(lr):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return teach(lr).float()
+
+    runs = {"fp32": run_fp32, "bf16": run_bf16}
+    if precision != "auto":
+        return runs[precision], precision
+    secs = {}
+    for name, run in runs.items():
+        run(probe)
+        best = float("inf")
+        for _ in range(2):
+            t = time.perf_counter()
+            run(probe)
+            best = min(best, time.perf_counter() - t)
+        secs[name] = best
+    pick = min(secs, key=secs.get)
+    log(f"teacher precision: {pick} ({secs['bf16']:.3f} s a batch in bfloat16, {secs['fp32']:.3f} s in float32)")
+    return runs[pick], pick
+
+
 def make_task(data: list[str], scale: int, *, arch: str = "ecbsr", channels: int = 32, blocks: int = 4,
               patch: int = 48, batch: int = 16, val: list[str] | None = None,
               init: Path | None = None, teacher: Path | None = None, distill: float = 0.5,
-              degrade: str = "bicubic", holdout: float = 0.0, seed: int = 0, log=print) -> TrainTask:
+              teacher_precision: str = "auto", degrade: str = "bicubic", holdout: float = 0.0, seed: int = 0,
+              log=print) -> TrainTask:
     torch.manual_seed(seed)
     cls, extra = ARCHS[arch]
     config = dict(scale=scale, colors=3, channels=channels, blocks=blocks, **extra)
@@ -71,8 +104,14 @@ def make_task(data: list[str], scale: int, *, arch: str = "ecbsr", channels: int
     # channels_last, as the restorer runs them: a third faster on the CPU
     # (HASN x4, batch 16 of 64 px, one thread: 1.02 s a step against 1.51)
     model.to(memory_format=torch.channels_last)
+    teach_run = None
     if teach is not None:
         teach.to(memory_format=torch.channels_last)
+        # a batch of its own sampler: the training batches stay what they were
+        probe = TASK.pairs(images, scale, patch, seed=seed + 1, degrade=degrade).batch(batch)[0]
+        probe = probe.contiguous(memory_format=torch.channels_last)
+        teach_run, teacher_precision = teacher_runner(teach, teacher_precision, probe, log)
+        teacher_note = dict(teacher_note, precision=teacher_precision)
 
     def loss(m, b):
         lr, hr = b
@@ -80,8 +119,7 @@ def make_task(data: list[str], scale: int, *, arch: str = "ecbsr", channels: int
         y = m(lr)
         if teach is None or not distill:
             return F.l1_loss(y, hr)
-        with torch.no_grad():
-            want = teach(lr)
+        want = teach_run(lr)
         return (1 - distill) * F.l1_loss(y, hr) + distill * F.l1_loss(y, want)
 
     def evaluate(m, folders=val or [], quick=False):
