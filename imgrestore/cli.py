@@ -986,6 +986,9 @@ def train() -> None:
               help="With --teacher: the teacher's arithmetic. bf16 (bfloat16) halves its time on CPUs with "
                    "native bfloat16 (its outputs move by about 1/255); auto times both on the first batch "
                    "and keeps the faster.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="The student's forward pass and loss in float32, or under bfloat16 autocast (weights and "
+                   "optimizer stay float32): 1.4x the steps on CPUs with native bfloat16.")
 @click.option("--degrade", type=click.Choice(["bicubic", "photo"]), default="bicubic", show_default=True,
               help="LR of the training pairs: the clean bicubic downscale, or (photo) that with mild noise "
               "and JPEG compression (quality 60-95), as camera photos carry.")
@@ -997,7 +1000,7 @@ def train() -> None:
 @click.option("--eval-every", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
 def train_upscale(scale, data, val, arch, steps, batch, patch, channels, blocks, lr, init, teacher, distill,
-                  teacher_precision, degrade, holdout, threads, seed, eval_every, output):
+                  teacher_precision, precision, degrade, holdout, threads, seed, eval_every, output):
     """Train an upscaler on bicubic-downscaled crops (optionally distilled
     from a teacher); writes OUTPUT and OUTPUT.state (resume by running the
     same command again)."""
@@ -1015,7 +1018,8 @@ def train_upscale(scale, data, val, arch, steps, batch, patch, channels, blocks,
                      val=list(val), init=Path(init) if init else None, teacher=Path(teacher) if teacher else None,
                      distill=distill, teacher_precision=teacher_precision, degrade=degrade, holdout=holdout,
                      seed=seed, log=log)
-    run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log))
+    run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log,
+                                 precision=precision))
 
 
 @train.command("colorize")

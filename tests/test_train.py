@@ -40,6 +40,39 @@ def test_sr_training_resumes_and_loads(tmp_path):
     assert r(np.zeros((4, 4, 3), np.uint8)).shape == (8, 8, 3)
 
 
+def test_bf16_training_takes_the_same_steps_and_says_so(tmp_path, cli):
+    from imgrestore.train.sr import make_task
+
+    data = _photos(tmp_path / "hr")
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"{precision}.safetensors"
+        logs = []
+        task = make_task([str(data)], 2, channels=4, blocks=1, patch=8, batch=2, seed=1, log=logs.append)
+        seen = []
+        loss_fn = task.loss
+
+        def spy(m, b, loss_fn=loss_fn, seen=seen):
+            y = loss_fn(m, b)
+            seen.append((torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None,
+                         float(y.detach())))
+            return y
+
+        task.loss = spy
+        train(task, TrainOptions(steps=2, out=out, warmup=1, log=logs.append, precision=precision))
+        wf = weights.read(out)
+        assert wf.provenance.get("precision", "fp32") == precision
+        assert [d for d, _ in seen] == [torch.bfloat16 if precision == "bf16" else None] * 2
+        losses[precision] = seen[0][1]
+    # the first step's loss: the same batch and weights, bfloat16 arithmetic
+    assert losses["bf16"] != losses["fp32"] and abs(losses["bf16"] - losses["fp32"]) < 0.05 * losses["fp32"]
+    code, _, err = cli("train", "upscale", "--scale", 2, "--data", data, "--channels", 4, "--blocks", 1,
+                       "--patch", 8, "--batch", 2, "--steps", 2, "--precision", "bf16",
+                       "-o", tmp_path / "cli.safetensors")
+    assert code == 0, err
+    assert weights.read(tmp_path / "cli.safetensors").provenance["precision"] == "bf16"
+
+
 def test_colorize_training_runs_and_loads(tmp_path):
     from imgrestore.train.colorize import make_task
 
