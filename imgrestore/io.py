@@ -280,7 +280,7 @@ def _tiff_layout(data: bytes) -> str | None:
         magic = struct.unpack(order + "H", data[2:4])[0]
         if magic == 42:  # classic: 2-byte count, 12-byte entries, 4-byte values
             (ifd,) = struct.unpack(order + "I", data[4:8])
-            count_fmt, entry, value_fmt, inline = "H", 12, "I", 4
+            count_fmt, entry, value_fmt, inline = "H", 12, "I", 4  # inline: the value field's bytes
         elif magic == 43:  # BigTIFF: 8-byte count, 20-byte entries, 8-byte values
             (ifd,) = struct.unpack(order + "Q", data[8:16])
             count_fmt, entry, value_fmt, inline = "Q", 20, "Q", 8
@@ -293,12 +293,12 @@ def _tiff_layout(data: bytes) -> str | None:
         for i in range(min(n, 512)):
             e = ifd + cw + i * entry
             tag, typ = struct.unpack(order + "HH", data[e:e + 4])
-            (cnt,) = struct.unpack(order + value_fmt, data[e + 4:e + 4 + struct.calcsize(value_fmt)])
+            (cnt,) = struct.unpack(order + value_fmt, data[e + 4:e + 4 + inline])
             if tag not in (258, 259, 262, 277, 338) or typ not in sizes or cnt > 64:
                 continue
             fmt = order + sizes[typ] * cnt
             size = struct.calcsize(fmt)
-            at = e + 4 + struct.calcsize(value_fmt)
+            at = e + 4 + inline
             if size > inline:
                 (at,) = struct.unpack(order + value_fmt, data[at:at + inline])
             tags[tag] = struct.unpack(fmt, data[at:at + size])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from conftest import noise_image
+from conftest import noise_image, tiff16
 from imgrestore import InputError, OutputError
 from imgrestore import io as imgio
 
@@ -245,37 +245,11 @@ def test_png_level_in_our_own_writers(level):
     assert (len(whole) == len(stored)) == (level == 0)
 
 
-def _tiff(samples: np.ndarray, big: bool = False) -> bytes:
-    """An uncompressed little-endian TIFF (classic or BigTIFF) of 16-bit
-    samples (H, W, S); S = 2 is gray + unassociated alpha, a layout Pillow
-    does not decode (tifffile reads these bytes back as written)."""
-    import struct
-
-    h, w, n = samples.shape
-    pix = samples.astype("<u2").tobytes()
-    bits = struct.pack("<" + "H" * n, *([16] * n)).ljust(8 if big else 4, b"\0")
-    tags = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, n, bits), (259, 3, 1, 1), (262, 3, 1, 1), (273, 4, 1, None),
-            (277, 3, 1, n), (278, 3, 1, h), (279, 4, 1, len(pix)), (284, 3, 1, 1), (338, 3, 1, 2)]
-    head, entry, cfmt, vfmt, vsize = (16, 20, "<Q", "<Q", 8) if big else (8, 12, "<H", "<I", 4)
-    data_at = head + struct.calcsize(cfmt) + entry * len(tags) + vsize
-    out = bytearray(b"II+\0" + struct.pack("<HHQ", 8, 0, 16) if big else b"II*\0" + struct.pack("<I", 8))
-    out += struct.pack(cfmt, len(tags))
-    for tag, typ, cnt, val in tags:
-        out += struct.pack("<HH", tag, typ) + struct.pack(vfmt, cnt)
-        if isinstance(val, bytes):
-            out += val
-        else:
-            val = data_at if val is None else val
-            out += struct.pack("<H", val).ljust(vsize, b"\0") if typ == 3 else struct.pack(vfmt, val)
-    out += b"\0" * vsize + pix
-    return bytes(out)
-
-
 @pytest.mark.parametrize("big", [False, True])
 def test_a_tiff_layout_pillow_cannot_decode_is_named(big):
     ga = np.stack([np.full((4, 5), 1000, np.uint16), np.full((4, 5), 40000, np.uint16)], -1)
     with pytest.raises(InputError) as e:
-        imgio.decode(_tiff(ga, big))
+        imgio.decode(tiff16(ga, big))
     msg = str(e.value)
     assert "TIFF" in msg and "16-bit, 2 samples per pixel (gray + alpha)" in msg and "PNG" in msg
     assert ("BigTIFF" in msg) == big

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import noise_image, tree_digest
+from conftest import noise_image, tiff16, tree_digest
 from imgrestore import load
 from imgrestore.tasks import TASKS
 
@@ -119,9 +119,7 @@ def test_corpus_of_bad_inputs(cli, tiny_model, tmp_path, command):
     frames = [noise_image(6, 6, seed=i).convert("P") for i in range(2)]
     frames[0].save(d / "anim.gif", save_all=True, append_images=frames[1:])
     noise_image(64, 64).save(d / "bomb.png")
-    from test_io import _tiff
-
-    (d / "gray_alpha16.tif").write_bytes(_tiff(np.full((4, 5, 2), 30000, np.uint16)))  # Pillow cannot decode it
+    (d / "gray_alpha16.tif").write_bytes(tiff16(np.full((4, 5, 2), 30000, np.uint16)))  # Pillow cannot decode it
     before = tree_digest(d)
     out = tmp_path / "out"
     code, _, err = cli(command, "--model", model, d, "-o", out, "--max-pixels", 4000)

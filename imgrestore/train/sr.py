@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..bench import best_of
 from ..io import list_images
 from ..models.hasn import HASN
 from ..models.sr import ECBSR
@@ -50,10 +51,9 @@ def load_teacher(path: Path, scale: int, log=print):
 
 def teacher_runner(teach: torch.nn.Module, precision: str, probe: torch.Tensor, log=print):
     """lr -> the teacher's float32 output, in float32 or under bfloat16
-    autocast. `precision` auto times both on `probe` (best of 2 each) and
+    autocast. `precision` auto times both on `probe` (in turn, best of 2) and
     keeps the faster: bfloat16 convolutions are native on some CPUs (AVX512-BF16,
     AMX) and emulated, slower, on others. Returns (run, the precision used)."""
-    import time
 
     def run_fp32(lr):
         with torch.no_grad():
@@ -66,15 +66,7 @@ def teacher_runner(teach: torch.nn.Module, precision: str, probe: torch.Tensor, 
     runs = {"fp32": run_fp32, "bf16": run_bf16}
     if precision != "auto":
         return runs[precision], precision
-    secs = {}
-    for name, run in runs.items():
-        run(probe)
-        best = float("inf")
-        for _ in range(2):
-            t = time.perf_counter()
-            run(probe)
-            best = min(best, time.perf_counter() - t)
-        secs[name] = best
+    secs = dict(zip(runs, best_of([lambda run=run: run(probe) for run in runs.values()], repeat=2)))
     pick = min(secs, key=secs.get)
     log(f"teacher precision: {pick} ({secs['bf16']:.3f} s a batch in bfloat16, {secs['fp32']:.3f} s in float32)")
     return runs[pick], pick
