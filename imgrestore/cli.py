@@ -1063,6 +1063,9 @@ def train_upscale(scale, data, val, arch, steps, batch, patch, channels, blocks,
 @click.option("--tune-tail", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="semantic: also retrain the encoder's blocks after its 1/16 map and its head, at this factor "
                    "of the learning rate (0: the encoder stays frozen); their tensors go into OUTPUT.")
+@click.option("--tune-from", type=click.Choice(["1/8", "1/16"]), default="1/16", show_default=True,
+              help="semantic with --tune-tail: retrain the encoder's blocks after this map (1/8 also retrains the "
+                   "blocks that make the 1/16 map the decoder's skip reads).")
 @click.option("--encoder", type=click.Path(exists=True, dir_okay=False),
               help="semantic: the encoder file (default: the shipped encoder-efficientnet-lite0); the colorizer's "
                    "config names it by its file name, so ship it under that name.")
@@ -1070,8 +1073,8 @@ def train_upscale(scale, data, val, arch, steps, batch, patch, channels, blocks,
               help="Keep OUTPUT.stepN.safetensors at every --eval-every step, to choose from on the hold-out.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
 def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval_every, loss_kind, rebalance,
-                   fg_weight, holdout, min_zoom, init, arch, cache, crops_per_image, dropout, tune_tail, encoder,
-                   snapshots, output):
+                   fg_weight, holdout, min_zoom, init, arch, cache, crops_per_image, dropout, tune_tail, tune_from,
+                   encoder, snapshots, output):
     """Train the colorizer; writes OUTPUT and OUTPUT.state (resume by
     running the same command again)."""
     from .train.colorize import make_semantic_task, make_task
@@ -1088,9 +1091,10 @@ def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval
     if arch == "semantic":
         task = make_semantic_task(list(data), cache=Path(cache) if cache else None,
                                   crops_per_image=crops_per_image, dropout=dropout,
-                                  encoder=Path(encoder) if encoder else None, tune_tail=tune_tail, **common)
-    elif dropout or cache or encoder or tune_tail:
-        _fail_usage("--dropout, --cache, --tune-tail and --encoder are for --arch semantic")
+                                  encoder=Path(encoder) if encoder else None, tune_tail=tune_tail,
+                                  tune_from={"1/8": 1, "1/16": 2}[tune_from], **common)
+    elif dropout or cache or encoder or tune_tail or tune_from != "1/16":
+        _fail_usage("--dropout, --cache, --tune-tail, --tune-from and --encoder are for --arch semantic")
     else:
         task = make_task(list(data), **common)
     run_train(task, TrainOptions(steps=steps, out=Path(output), lr=lr, eval_every=eval_every, log=log,

@@ -298,25 +298,29 @@ def test_gray_encoder_needs_photos_to_hold_out(tmp_path):
                                log=lambda m: None)
 
 
-def test_tuned_tail_trains_with_the_decoder_lives_in_its_file_and_loads_over_the_encoder(tiny_semantic, tmp_path):
-    """`train colorize --tune-tail F`: the encoder's blocks after its 1/16
-    tap and its head train with the decoder from the cached 1/16 maps; the
-    file holds exactly those encoder tensors, loading puts them over the
-    encoder file's, and the cached-map path computes what the full encoder
-    computes."""
+@pytest.mark.parametrize("tune_from", [2, 1])
+def test_tuned_tail_trains_with_the_decoder_lives_in_its_file_and_loads_over_the_encoder(tiny_semantic, tmp_path,
+                                                                                         tune_from):
+    """`train colorize --tune-tail F [--tune-from 1/8]`: the encoder's blocks
+    after its 1/16 (or 1/8) tap and its head train with the decoder from the
+    cached maps; the file holds exactly those encoder tensors, loading puts
+    them over the encoder file's, and the cached-map path computes what the
+    full encoder computes."""
     from imgrestore.train.colorize import make_semantic_task
     from imgrestore.train.loop import TrainOptions, train
 
     data = labelled_photos(tmp_path)
     enc_path = weights_dir() / ENC_FILE
     task = make_semantic_task([str(data)], crop=32, batch=4, holdout=0.0, width=8, cache=tmp_path / "cache",
-                              crops_per_image=2, encoder=enc_path, tune_tail=0.5, log=lambda m: None)
+                              crops_per_image=2, encoder=enc_path, tune_tail=0.5, tune_from=tune_from,
+                              log=lambda m: None)
     assert task.lr_scales(task.model) == {"encoder.": 0.5}
     out = tmp_path / "t.safetensors"
     train(task, TrainOptions(steps=6, out=out, lr=1e-2, warmup=1, save_every=3, log=lambda m: None))
     wf = weights.read(out)
     enc = weights.read(enc_path).tensors
-    cut = EfficientLite(**TINY_ENC).taps[2] + 1
+    cut = EfficientLite(**TINY_ENC).taps[tune_from] + 1
+    assert wf.config["tune_from"] == tune_from
     mine = sorted(k for k in wf.tensors if k.startswith("encoder."))
     assert mine == sorted(f"encoder.{k}" for k in enc if k.startswith("head.") or
                           (k.startswith("blocks.") and int(k.split(".")[1]) >= cut))

@@ -188,9 +188,10 @@ class SemanticConfig:
     # (Zhang et al. 2016) read out by its annealed mean at `temperature`
     head: str = "ab"
     temperature: float = 0.38
-    # retrain the encoder's blocks after its 1/16 tap and its head with the
+    # retrain the encoder's blocks after one of its taps and its head with the
     # decoder (their tensors are then this file's, over the encoder file's)
     tune_tail: bool = False
+    tune_from: int = 2  # that tap: 1 (after the 1/8 map) or 2 (after the 1/16 map)
     # training only: channel dropout on the encoder's maps and dropout on the
     # global vector (a frozen classifier's features name each training photo
     # well enough for a decoder to memorize its colours)
@@ -225,9 +226,11 @@ class SemanticColorNet(nn.Module):
         cfg = SemanticConfig(**kwargs)
         self.cfg = cfg
         self.encoder = EfficientLite(**(cfg.encoder_config or {}))
-        # the tail: blocks after the 1/16 tap, then the head (the maps the
-        # fusion and the global vector read)
-        self.tail_from = self.encoder.taps[2] + 1
+        # the tail: blocks after the `tune_from` tap (1/8 or 1/16), then the
+        # head (the maps the skips, the fusion and the global vector read)
+        if cfg.tune_from not in (1, 2):
+            raise ValueError(f"tune_from must be 1 (the 1/8 map) or 2 (the 1/16 map), not {cfg.tune_from}")
+        self.tail_from = self.encoder.taps[cfg.tune_from] + 1
         if self.encoder.taps[3] != len(self.encoder.blocks) - 1:
             raise ValueError("the encoder's 1/32 map must be its last block's output")
         for name, p in self.encoder.named_parameters():
@@ -273,13 +276,17 @@ class SemanticColorNet(nn.Module):
         return self
 
     def retail(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Cached maps (1/4, 1/8, 1/16, 1/32, head) -> the same with the
-        1/32 map and the head recomputed from the 1/16 map by the tail as it
-        is now (training with `tune_tail`)."""
-        x = feats[2]
-        for b in self.encoder.blocks[self.tail_from:]:
-            x = b(x)
-        return [*feats[:3], x, F.relu6(self.encoder.head(x))]
+        """Cached maps (1/4, 1/8, 1/16, 1/32, head) -> the same with the maps
+        after the `tune_from` tap and the head recomputed from that tap's map
+        by the tail as it is now (training with `tune_tail`)."""
+        k = self.cfg.tune_from
+        x, out = feats[k], list(feats[:k + 1])
+        taps = self.encoder.taps
+        for i in range(self.tail_from, len(self.encoder.blocks)):
+            x = self.encoder.blocks[i](x)
+            if i in taps:
+                out.append(x)
+        return [*out, F.relu6(self.encoder.head(x))]
 
     def encode(self, l: torch.Tensor) -> list[torch.Tensor]:
         """(B, 1, H, W) L in [0, 100] -> the encoder's maps (no gradient)."""

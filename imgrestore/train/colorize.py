@@ -233,7 +233,7 @@ def make_semantic_task(data: list[str], *, width: int = 32, crop: int = 128, bat
                        holdout: float = TRAIN_COLORIZE["holdout"], min_zoom: float = 1.0,
                        init: Path | None = None, cache: Path | None = None, crops_per_image: int = 6,
                        encoder: Path | None = None, dropout: float = 0.0, quick_images: int = 150,
-                       tune_tail: float = 0.0, log=print) -> TrainTask:
+                       tune_tail: float = 0.0, tune_from: int = 2, log=print) -> TrainTask:
     """The colorizer on a frozen pretrained encoder (`SemanticColorNet`).
     With `cache`, the encoder's maps of `crops_per_image` crops per photo are
     computed once (`FeatureCache`); without, every step encodes its crops."""
@@ -252,7 +252,7 @@ def make_semantic_task(data: list[str], *, width: int = 32, crop: int = 128, bat
     enc_wf = wmod.read(encoder or component_path(enc_name))
     config = dict(encoder=enc_name, encoder_config=enc_wf.config, width=width, global_dim=256,
                   classes=len(classes), mid_blocks=2, head="bins" if loss_kind.startswith("bins") else "ab",
-                  dropout=dropout, tune_tail=tune_tail > 0)
+                  dropout=dropout, tune_tail=tune_tail > 0, tune_from=tune_from)
     model = SemanticColorNet(**config)
     enc_info = load_encoder(model, enc_wf)
     if init:
@@ -300,7 +300,7 @@ def make_semantic_task(data: list[str], *, width: int = 32, crop: int = 128, bat
             features=(f"encoder maps cached for {crops_per_image} crops per photo (seed {seed})" if cache
                       else "encoded every step"),
             init=Path(init).name if init else None, dropout=dropout,
-            tune_tail=(f"the encoder's blocks {model.tail_from}.. and head retrained with the decoder at "
+            tune_tail=(f"the encoder's blocks {model.tail_from}.. (after its 1/{4 << tune_from} map) and head retrained with the decoder at "
                        f"{tune_tail:g} x its learning rate (kept in this file)") if tune_tail else None,
             classes=classes, holdout=dict(fraction=holdout, images=len(held), rule="crc32(file name) % 10000 < "
                                           "fraction x 10000", periodic_check=f"{len(quick)} of them"),
