@@ -100,6 +100,11 @@ TILING_OPTIONS = (
                  help="Context pixels around each tile [default: the model's receptive "
                  "radius, which makes a tiled result equal the untiled one within 1/255]."),
 )
+PRECISION_OPTION = click.option(
+    "--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+    help="The torch network's arithmetic: auto is bfloat16 on CPUs that run it natively (AVX512-BF16, AMX) "
+         "for upscale, denoise and deblock (1.3-2x faster; outputs within two 8-bit steps of float32, PSNR "
+         "within 0.02 dB), float32 elsewhere and for colorize.")
 RUNTIME_OPTIONS = (
     click.option("-n", "--model", "model", help="Shipped model name or a .safetensors path."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
@@ -108,6 +113,7 @@ RUNTIME_OPTIONS = (
     click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
                  help="What runs the network: PyTorch, or onnxruntime on the model's exported graph (the "
                  "[onnx] extra; no torch is imported, a second less start-up; upscalers)."),
+    PRECISION_OPTION,
     click.option("-q", "--quiet", is_flag=True, help="No progress, notes or summary; errors only."),
     click.option("--json", "as_json", is_flag=True, help="One JSON record per input on stdout."),
     click.option("--debug", is_flag=True, help="Tracebacks for internal errors."),
@@ -252,12 +258,13 @@ def _setup_torch(threads: int | None) -> None:
 
 
 def _load_restorer(model: str, device: str, debug: bool, task: str, backend: str = "torch",
-                   threads: int | None = None, **settings):
+                   threads: int | None = None, precision: str = "auto", **settings):
     from .errors import ImgRestoreError
     from .tasks import load
 
     try:
-        return load(model, device=device, task=task, backend=backend, threads=threads, **settings)
+        return load(model, device=device, task=task, backend=backend, threads=threads, precision=precision,
+                    **settings)
     except ImgRestoreError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
@@ -408,8 +415,8 @@ def _interruptible(f):
 
 
 def _process(task: Task, own: dict, *, inputs, output, recursive, model, fmt, quality, png_level, suffix,
-             device, threads, backend, overwrite, shard, max_pixels, max_output_pixels, quiet, as_json, debug,
-             tile=None, tile_overlap=None) -> int:
+             device, threads, backend, precision, overwrite, shard, max_pixels, max_output_pixels, quiet,
+             as_json, debug, tile=None, tile_overlap=None) -> int:
     """A processing command: the task's model with the task's settings over
     the inputs; returns the exit status."""
     from .catalog import SHIPPED
@@ -423,7 +430,7 @@ def _process(task: Task, own: dict, *, inputs, output, recursive, model, fmt, qu
     model = model or task.default_model(own)
 
     def load(name):
-        return _load_restorer(name, device, debug, task.name, backend, threads, **settings)
+        return _load_restorer(name, device, debug, task.name, backend, threads, precision, **settings)
 
     restorer = load(model)
     problem = task.check(restorer, own)
@@ -669,9 +676,10 @@ def bench() -> None:
 @click.option("--lr-jpeg", type=click.IntRange(1, 100), metavar="Q",
               help="Save each LR as a JPEG of quality Q (4:2:0) before upscaling it (and before bicubic): what "
                    "a camera photo gives the network.")
+@PRECISION_OPTION
 @click.option("--json", "as_json", is_flag=True)
 @click.argument("folders", nargs=-1, type=click.Path(exists=True, file_okay=False))
-def bench_upscale(x2, x3, x4, scale, model, threads, size, speed, lr_jpeg, as_json, folders):
+def bench_upscale(x2, x3, x4, scale, model, threads, size, speed, lr_jpeg, precision, as_json, folders):
     """PSNR/SSIM on Y vs bicubic for each FOLDER of HR images, and output
     megapixels per second vs bicubic and an FSRCNN-shaped network."""
     from .benchmarks import bench_upscale as run_bench
@@ -680,7 +688,7 @@ def bench_upscale(x2, x3, x4, scale, model, threads, size, speed, lr_jpeg, as_js
     task = TASKS["upscale"]
     own = task.parse(dict(x2=x2, x3=x3, x4=x4, scale=scale))
     own["scale"] = own["scale"] or 4
-    restorer = _load_restorer(model or task.default_model(own), "cpu", False, task.name)
+    restorer = _load_restorer(model or task.default_model(own), "cpu", False, task.name, precision=precision)
     problem = task.check(restorer, own)
     if problem:
         _fail_usage(f"model {model or task.default_model(own)} {problem}")
@@ -750,7 +758,7 @@ def _choices(text: str, allowed: tuple[str, ...], option: str) -> list[str]:
 @click.option("--model", "models", multiple=True,
               help="Model name or path [default: upscale-xN]; repeat it to time several in one run.")
 @click.option("--backend", "backends", default="torch", show_default=True,
-              help="Backends to time, comma-separated: torch, onnx.")
+              help="Backends to time, comma-separated: torch (at --precision auto), torch-fp32, torch-bf16, onnx.")
 @click.option("--format", "formats", default="png,jpg", show_default=True,
               help="Output formats to time, comma-separated: png, jpg.")
 @click.option("--size", default="2000x1500", show_default=True, help="The large input, WxH (none: no large input).")
@@ -775,7 +783,7 @@ def bench_whole_cmd(x2, x3, x4, scale, models, backends, formats, size, folder, 
     own = TASKS["upscale"].parse(dict(x2=x2, x3=x3, x4=x4, scale=scale))
     size_wh = None if size.strip().lower() == "none" else _dims(size, 2, "WxH (e.g. 2000x1500)")
     folder_nwh = None if folder.strip().lower() == "none" else _dims(folder, 3, "NxWxH (e.g. 16x320x240)")
-    report = bench_whole(own["scale"] or 4, list(models), _choices(backends, ("torch", "onnx"), "--backend"),
+    report = bench_whole(own["scale"] or 4, list(models), _choices(backends, ("torch", "torch-fp32", "torch-bf16", "onnx"), "--backend"),
                          _choices(formats, ("png", "jpg"), "--format"), size_wh, folder_nwh, photo, threads, repeat,
                          log=lambda m: None if as_json else click.echo(m, err=True), profiles=profiles)
     if as_json:
@@ -865,11 +873,12 @@ def _settings_list(text: str, low: float, high: float, what: str) -> list[float]
     return values
 
 
-def _bench_restore(task_name: str, model, settings, threads, speed, size, gray, hint, as_json, folders):
+def _bench_restore(task_name: str, model, settings, threads, speed, size, gray, hint, precision, as_json, folders):
     from .benchmarks import bench_restore
 
     _setup_torch(threads)
-    restorer = _load_restorer(model or TASKS[task_name].default_model({}), "cpu", False, task_name)
+    restorer = _load_restorer(model or TASKS[task_name].default_model({}), "cpu", False, task_name,
+                              precision=precision)
     report = bench_restore(restorer, list(folders), settings, threads, gray=gray, hint=hint, speed=speed, size=size)
     if as_json:
         click.echo(json.dumps(report))
@@ -877,7 +886,8 @@ def _bench_restore(task_name: str, model, settings, threads, speed, size, gray, 
     from rich.table import Table
 
     con = _table_console()
-    con.print(f"model {report['model']}, {report['params']:,} parameters, torch threads {threads}")
+    con.print(f"model {report['model']}, {report['params']:,} parameters, torch threads {threads}, "
+              f"{restorer.precision}")
     t = Table(title=f"quality (PSNR on {report['score']}; baseline: {report['baseline']}, same run)")
     for c in ("folder", "setting", "images", "PSNR", "baseline PSNR", "gain dB", "input PSNR"):
         t.add_column(c)
@@ -900,6 +910,7 @@ RESTORE_BENCH_OPTIONS = (
                  help="Also the gray versions of the photos (blind)."),
     click.option("--hint/--no-hint", default=True, show_default=True,
                  help="Also the network given the true setting as its hint."),
+    PRECISION_OPTION,
     click.option("--json", "as_json", is_flag=True),
     click.argument("folders", nargs=-1, type=click.Path(exists=True, file_okay=False)),
 )
@@ -944,7 +955,7 @@ def _print_bench(report: dict) -> None:
 
     con = _table_console()
     con.print(f"model {report['model']} x{report['scale']}, {report['params']:,} parameters, "
-              f"torch threads {report['threads']}")
+              f"torch threads {report['threads']}, {report['precision']}")
     if report["quality"]:
         t = Table(title=f"quality (Y channel, border cropped; LR: {report.get('lr', 'Pillow bicubic')})")
         for c in ("folder", "images", "PSNR", "SSIM", "bicubic PSNR", "bicubic SSIM", "gain dB"):

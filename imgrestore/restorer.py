@@ -59,6 +59,34 @@ def pick_device(device: str = "auto"):
     return torch.device(device)
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device) -> bool:
+    """Whether `device` runs bfloat16 convolutions natively: a CUDA device
+    that supports it, or a CPU with AVX512-BF16 or AMX (elsewhere bfloat16 is
+    emulated, slower than float32)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def resolve_precision(precision: str, device, allowed: tuple[str, ...]) -> str:
+    """auto, fp32 or bf16 -> what the network runs in: auto is bfloat16 where
+    the task allows it (`Task.precisions`: measured to keep its quality) and
+    the device runs it natively, float32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
+    if precision == "auto":
+        return "bf16" if "bf16" in allowed and native_bf16(device) else "fp32"
+    if precision not in allowed:
+        raise ImgRestoreError(f"--precision {precision}: this model runs in {' or '.join(allowed)} only")
+    return precision
+
+
 class Restorer:
     """Callable on a PIL image or an (H, W[, C]) uint8/uint16 numpy array;
     returns the same kind. `restore_picture` is the pipeline's entry."""
@@ -80,6 +108,9 @@ class Restorer:
         self.tile_safe = spec.tile_safe
         self.default_tile = spec.tile  # the command's tile side when --tile is not given
         self.backend = "torch"
+        # the network's arithmetic: fp32, or bf16 (autocast around every tile;
+        # weights, inputs and the read-out stay float32). `tasks.load` sets it.
+        self.precision = "fp32"
         # lines for the user about how it was set up (the CLI shows them once)
         self.notes: list[str] = []
 
@@ -114,7 +145,7 @@ class Restorer:
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
         with torch.inference_mode():
-            y = self.net_call(x.to(self.device, memory_format=torch.channels_last))
+            y = self.net_call(x.to(self.device, memory_format=torch.channels_last)).float()  # (bf16: back)
             if ph or pw:
                 y = y[..., : h * self.scale, : w * self.scale]
             return y.clamp_(0.0, 1.0)
@@ -156,9 +187,16 @@ class Restorer:
         return out
 
     def _inference(self):
+        import contextlib
+
         import torch
 
-        return torch.inference_mode()
+        if self.precision == "fp32":
+            return torch.inference_mode()
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
+        return stack
 
     def _run_tile(self, px: np.ndarray, t: tiling.Tile, band: np.ndarray) -> None:
         """Run the tile `t` of `px` and write its kept part into `band`."""
@@ -187,7 +225,7 @@ class Restorer:
         import torch
 
         with torch.inference_mode():
-            return self.model.forward_tail(x.to(self.device, memory_format=torch.channels_last))
+            return self.model.forward_tail(x.to(self.device, memory_format=torch.channels_last)).float()
 
     def _run_tail(self, x, t: tiling.Tile, out: np.ndarray) -> None:
         """The kept part of tile `t` into `out` (h'*s, w'*s, C): the network to
@@ -278,7 +316,8 @@ class Restorer:
         from . import registry
 
         return {"name": self.name, "task": self.task, "scale": self.scale, "arch": self.meta.arch,
-                "params": registry.count_params(self.model), "file": str(self.meta.path)}
+                "params": registry.count_params(self.model), "file": str(self.meta.path),
+                "precision": self.precision}
 
 
 class Resized:

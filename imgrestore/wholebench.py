@@ -60,11 +60,12 @@ import numpy as np
 from PIL import Image
 model, backend, source = sys.argv[1], sys.argv[2], Path(sys.argv[5])
 threads, repeat = int(sys.argv[3]), int(sys.argv[4])
+backend, _, precision = backend.partition("-")  # torch-fp32, torch-bf16: torch at that precision
 if backend == "torch":
     import torch
     torch.set_num_threads(threads)
 from imgrestore.tasks import load
-r = load(model, device="cpu", backend=backend, threads=threads)
+r = load(model, device="cpu", backend=backend, threads=threads, precision=precision or "auto")
 files = sorted(source.iterdir()) if source.is_dir() else [source]
 images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
 best = float("inf")
@@ -272,8 +273,11 @@ def upscale_argv(case: Case, out: Path, scale: int, model: str | None, backend: 
     """The imgrestore command a user would type for the case."""
     argv = [sys.executable, "-m", "imgrestore", "upscale", f"--x{scale}", "--threads", str(threads), "-q",
             "--overwrite", "--format", fmt]
+    backend, _, precision = backend.partition("-")  # torch-fp32, torch-bf16: torch at that --precision
     if backend != "torch":
         argv += ["--backend", backend]
+    if precision:
+        argv += ["--precision", precision]
     if model:
         argv += ["--model", model]
     return argv + [str(case.source), "-o", str(out)]

@@ -7,7 +7,9 @@ the shipped upscalers (x2, x3, x4 on RGB, gray, RGBA and 16-bit RGB; x2
 tiled), a fixed random colorizer (the `tiny_color` fixture, not the shipped
 colorize model, which is about to be retrained) and the CLI end to end.
 
-Exact equality is expected on one machine and torch version; at most one code
+The goldens are float32 arithmetic (`--precision fp32`; bfloat16, which
+`auto` picks on some CPUs, has its own tests). Exact equality is expected
+on one machine and torch version; at most one code
 value of difference is tolerated (BLAS rounding). Each golden also stores a
 digest of its input, so a change in the generated input (numpy, PIL) is told
 apart from a change in the output.
@@ -73,7 +75,7 @@ def upscale_input(kind: str, scale: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def shipped(name: str):
-    return imgrestore.load(name, device="cpu")
+    return imgrestore.load(name, device="cpu", precision="fp32")  # the goldens pin float32
 
 
 def input_digest(a: np.ndarray) -> str:
@@ -155,7 +157,7 @@ def test_cli_upscale_x2_png(cli, tmp_path, regen_golden):
     inp = make_input("rgb")
     src, dst = tmp_path / "in.png", tmp_path / "out.png"
     Image.fromarray(inp, "RGB").save(src)
-    code, _, err = cli("upscale", "--x2", src, "-o", dst)
+    code, _, err = cli("upscale", "--x2", "--precision", "fp32", src, "-o", dst)
     assert code == 0, err
     with Image.open(dst) as im:
         out = np.asarray(im)

@@ -31,12 +31,14 @@ def test_generated_bench_images_are_not_flat():
 
 def test_bench_whole_times_the_command_next_to_bicubic(cli, tiny_x2):
     code, out, err = cli("bench", "whole", "--x2", "--model", tiny_x2, "--size", "40x30", "--folder", "2x16x12",
-                         "--format", "jpeg", "--repeat", "1", "--json")
+                         "--format", "jpeg", "--repeat", "1", "--backend", "torch,torch-fp32", "--json")
     assert code == 0, err
     report = json.loads(out)
     rows = {(r["case"], r["method"]) for r in report["rows"]}
     for case in ("40x30", "folder 2 x 16x12"):
         assert (case, "imgrestore upscale, torch") in rows
+        assert (case, "imgrestore upscale, torch-fp32") in rows  # --precision fp32
+        assert (case, "network only (tiles, no start-up or IO), torch-fp32") in rows
         assert (case, "Pillow bicubic, whole process (reference)") in rows
         assert (case, "network only (tiles, no start-up or IO), torch") in rows
     big = next(r for r in report["rows"] if r["case"] == "40x30" and r["method"] == "imgrestore upscale, torch")

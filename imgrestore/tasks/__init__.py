@@ -32,14 +32,16 @@ def get(name: str, source: object = "") -> Task:
 
 
 def load(model: str | os.PathLike = "upscale-x4", device: str = "auto", task: str | None = None,
-         backend: str = "torch", threads: int | None = None, **settings):
+         backend: str = "torch", threads: int | None = None, precision: str = "auto", **settings):
     """Load a shipped model by name, or any imgrestore weights file by path,
     ready to run (re-parameterizable branches folded once, here), as its
     task's restorer built with `settings` (colorize: render_size,
     saturation, reference). With `task`, a model of another task is a
     `WrongTask` error. `backend` "onnx" runs the model's exported graph
     (`onnxrun`; `threads` its threads) and imports no torch; a task whose
-    network is not exported for it is a `BackendError`."""
+    network is not exported for it is a `BackendError`. `precision` (torch):
+    fp32, bf16, or auto (bfloat16 where the task allows it and the device
+    runs it natively: `restorer.resolve_precision`)."""
     if backend == "onnx":
         from ..onnxrun import BackendError
         from ..onnxrun import load as load_onnx
@@ -50,6 +52,8 @@ def load(model: str | os.PathLike = "upscale-x4", device: str = "auto", task: st
                                "network is PyTorch code)")
         if settings:
             raise BackendError(f"--backend onnx takes no settings of {t.name} ({', '.join(settings)})")
+        if precision != "auto":
+            raise BackendError(f"--precision {precision} is for --backend torch (the onnx graphs are int8)")
         return load_onnx(model, t, threads=threads, device=device)
     if backend != "torch":
         raise ValueError(f"unknown backend {backend!r} (torch or onnx)")
@@ -57,7 +61,7 @@ def load(model: str | os.PathLike = "upscale-x4", device: str = "auto", task: st
 
     from .. import registry, weights
     from ..models.reparam import reparameterize
-    from ..restorer import pick_device
+    from ..restorer import pick_device, resolve_precision
 
     path = registry.resolve(str(model))
     wf = weights.read(path)
@@ -70,7 +74,9 @@ def load(model: str | os.PathLike = "upscale-x4", device: str = "auto", task: st
     for p in net.parameters():
         p.requires_grad_(False)
     name = str(model) if str(model) in registry.SHIPPED else path.stem
-    return t.restorer(net, wf, registry.ARCHS[wf.arch], dev, name, **settings)
+    r = t.restorer(net, wf, registry.ARCHS[wf.arch], dev, name, **settings)
+    r.precision = resolve_precision(precision, dev, t.precisions)
+    return r
 
 
 __all__ = ["TASKS", "Task", "Calibration", "get", "load"]

@@ -41,6 +41,9 @@ class Task:
     # what runs its models: "torch", and "onnx" where the exported network
     # is the whole model (an image in, the restored image out: `onnxrun`)
     backends: tuple[str, ...] = ("torch",)
+    # what `--precision auto` may pick for its torch networks: ("fp32",) or
+    # ("fp32", "bf16") where bfloat16 was measured to keep its quality
+    precisions: tuple[str, ...] = ("fp32",)
     # how training pairs are made: a sampler class with `.rng` and `.batch(n)`
     pairs: type | None = None
     # (raw model, folder or files, limit) -> quality summary, next to the

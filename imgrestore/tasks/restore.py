@@ -278,4 +278,5 @@ def level_task(d: Degradation, **fields) -> Task:
         return LevelPairs(images, d, patch, seed=seed, **kw)
 
     return Task(pairs=pairs, evaluate=evaluate_with(d), timing_input=timing_input, cost=gmacs_per_mp,
+                precisions=("fp32", "bf16"),
                 cost_key="gmacs_per_mp", cost_unit="per MP", **fields)

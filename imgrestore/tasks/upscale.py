@@ -456,4 +456,5 @@ TASK = Task(
     cost_unit="per output MP",
     net=NET,
     backends=("torch", "onnx"),
+    precisions=("fp32", "bf16"),
 )
