@@ -5,8 +5,10 @@ for an upscaler the folded ECBSR (plain 3x3 convolutions, pixel shuffle,
 output clipped to [0, 1]), any image size; for the colorizer its network at
 the working resolution (L in, a*b* at half resolution out; the read-out that
 joins a*b* to the photo's own L stays with the caller, and a reference
-photo's global features are not an input). Batch, height and width are
-dynamic.
+photo's global features are not an input); for denoise and deblock the
+JSNet with its level hint as a second input ((N,) float, negative: blind;
+the hint read from a JPEG's tables stays with the caller). Batch, height
+and width are dynamic.
 
 The export checks itself before anything is written: the graph is run by
 onnxruntime on photos (the calibration images, or smooth generated ones when
@@ -115,36 +117,63 @@ def generated_photos(seed: int = 0) -> list[np.ndarray]:
     return out
 
 
-def same_size(inputs: list[torch.Tensor], side: int) -> list[torch.Tensor]:
-    """Centre crops of the smallest height and width among `inputs`, at most
-    `side`: the histogram calibration stacks every input's activations, and
-    holds them all in memory."""
-    h, w = min(side, *(x.shape[2] for x in inputs)), min(side, *(x.shape[3] for x in inputs))
+def network_inputs(io: NetIO, images: list[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
+    """The network's arguments for each sampled image: (x,), or, for a
+    network with a level input, (x, level) at each of `io.levels`."""
+    if io.level is None:
+        return [(x,) for x in images]
+    return [(x, torch.full((x.shape[0],), float(lv))) for x in images for lv in io.levels]
+
+
+def feeds(io: NetIO, args: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
+    """The network's arguments as onnxruntime's input feed."""
+    names = [io.input] + ([io.level] if io.level is not None else [])
+    return {n: np.ascontiguousarray(a.detach().cpu().numpy(), dtype=np.float32) for n, a in zip(names, args)}
+
+
+def same_size(inputs: list[tuple[torch.Tensor, ...]], side: int, multiple: int = 1) -> list[tuple[torch.Tensor, ...]]:
+    """Centre crops (of each argument tuple's image) of the smallest height
+    and width among `inputs`, at most `side`, a multiple of `multiple`: the
+    histogram calibration stacks every input's activations, and holds them
+    all in memory."""
+    h = min(side, *(a[0].shape[2] for a in inputs)) // multiple * multiple
+    w = min(side, *(a[0].shape[3] for a in inputs)) // multiple * multiple
     out = []
-    for x in inputs:
+    for x, *rest in inputs:
         y, x0 = (x.shape[2] - h) // 2, (x.shape[3] - w) // 2
-        out.append(x[:, :, y:y + h, x0:x0 + w].contiguous())
+        out.append((x[:, :, y:y + h, x0:x0 + w].contiguous(), *rest))
     return out
 
 
 # ---------------------------------------------------------------------------- runtimes
 
-def to_onnx(net: torch.nn.Module, io: NetIO, example: torch.Tensor):
+def to_onnx(net: torch.nn.Module, io: NetIO, example: tuple[torch.Tensor, ...]):
     """The network as an ONNX ModelProto with dynamic batch, height and
-    width (torch's dynamo exporter)."""
-    dims = {0: torch.export.Dim("batch", min=1, max=1024), 2: torch.export.Dim("height", min=2, max=1 << 16),
+    width (torch's dynamo exporter); `example`: its arguments."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    dims = {0: batch, 2: torch.export.Dim("height", min=2, max=1 << 16),
             3: torch.export.Dim("width", min=2, max=1 << 16)}
     # the exporter logs a warning for each torchvision operator it cannot
     # register (torchvision is not ours to need)
-    arg = next(iter(inspect.signature(net.forward).parameters))  # its first argument
+    # traced at batch 2: at 1 the exporter would take the level's (1,) for
+    # a broadcast and fix the batch at 1
+    example = tuple(torch.cat([a, a]) for a in example)
+    params = list(inspect.signature(net.forward).parameters)  # its arguments' names
+    shapes = {params[0]: dims}
+    names = [io.input]
+    if io.level is not None:
+        shapes[params[1]] = {0: batch}
+        names.append(io.level)
     try:
         with _quiet("torch.onnx._internal.exporter._registration"), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # deprecations inside torch.export
-            program = torch.onnx.export(net, (example,), input_names=[io.input], output_names=[io.output],
-                                        dynamic_shapes={arg: dims}, dynamo=True, optimize=True, verbose=False)
+            # the level's batch axis is the image's: said once per export
+            warnings.filterwarnings("ignore", message=r".*The axis name: batch will not be used")
+            program = torch.onnx.export(net, tuple(example), input_names=names, output_names=[io.output],
+                                        dynamic_shapes=shapes, dynamo=True, optimize=True, verbose=False)
+            return program.model_proto
     except Exception as e:  # the exporter's failures have many types
         raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {e}") from None
-    return program.model_proto
 
 
 @contextlib.contextmanager
@@ -167,38 +196,46 @@ class OnnxNet:
     def __init__(self, sess, io: NetIO, cfg):
         self.sess, self.io, self.cfg = sess, io, cfg
 
-    def __call__(self, x: torch.Tensor, global_from=None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, level=None, global_from=None) -> torch.Tensor:
+        """`level` (a network with a level input): a number, (N,) numbers, or
+        None for blind."""
         if global_from is not None:
             raise ExportError("the exported network takes no reference image")
-        x = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.sess.run([self.io.output], {self.io.input: x})[0])
+        args = (x,)
+        if self.io.level is not None:
+            lv = torch.full((x.shape[0],), -1.0) if level is None else torch.as_tensor(level, dtype=torch.float32)
+            args = (x, lv.reshape(-1).expand(x.shape[0]))
+        elif level is not None:
+            raise ExportError("the exported network takes no level")
+        return torch.from_numpy(self.sess.run([self.io.output], feeds(self.io, args))[0])
 
     def eval(self) -> "OnnxNet":
         return self
 
 
-def compare(run: Callable[[torch.Tensor], torch.Tensor], net: torch.nn.Module, inputs: list[torch.Tensor],
+def compare(run: Callable[..., torch.Tensor], net: torch.nn.Module, inputs: list[tuple[torch.Tensor, ...]],
             peak: float) -> dict:
     """Largest absolute error and PSNR (peak `peak`, squared errors pooled
-    over every input) of `run` against the PyTorch network."""
+    over every input) of `run` against the PyTorch network; `inputs`: the
+    networks' arguments (`network_inputs`)."""
     worst, sq, count = 0.0, 0.0, 0
-    for x in inputs:
+    for args in inputs:
         with torch.inference_mode():
-            want = net(x).double()
-        got = run(x).double()
+            want = net(*args).double()
+        got = run(*args).double()
         if got.shape != want.shape:
             raise ExportError(f"the exported network's output is {tuple(got.shape)} for an input "
-                              f"{tuple(x.shape)}; PyTorch's is {tuple(want.shape)}")
+                              f"{tuple(args[0].shape)}; PyTorch's is {tuple(want.shape)}")
         d = got - want
         worst = max(worst, float(d.abs().max()))
         sq += float((d * d).sum())
         count += d.numel()
     mse = sq / count
     return {"max_abs_error": worst, "psnr": math.inf if mse == 0 else 10 * math.log10(peak * peak / mse),
-            "inputs": [list(x.shape) for x in inputs]}
+            "inputs": [list(a[0].shape) for a in inputs]}
 
 
-def quantize_int8(float_path: Path, out_path: Path, io: NetIO, calib: list[torch.Tensor]) -> dict:
+def quantize_int8(float_path: Path, out_path: Path, io: NetIO, calib: list[tuple[torch.Tensor, ...]]) -> dict:
     """Static int8 quantization of the float graph (QDQ; int8 weights per
     output channel, uint8 activations with percentile ranges over `calib`);
     returns its settings for the provenance."""
@@ -210,8 +247,8 @@ def quantize_int8(float_path: Path, out_path: Path, io: NetIO, calib: list[torch
             self.it = iter(calib)
 
         def get_next(self):
-            x = next(self.it, None)
-            return None if x is None else {io.input: x.numpy()}
+            args = next(self.it, None)
+            return None if args is None else feeds(io, args)
 
     settings = dict(quant_format="QDQ", weights="int8 per output channel", activations="uint8",
                     calibration=f"percentile {PERCENTILE}", calibration_inputs=len(calib))
@@ -297,16 +334,17 @@ def export_model(wf, out: Path, *, int8: bool = False, calib: list[str] | None =
     peak = hi - lo
 
     source = ", ".join(map(str, calib or []))
-    if calib:
-        check_inputs = [io.sample(a) for a in photos(calib, CHECK_IMAGES)]
-    else:
-        check_inputs = [io.sample(a) for a in generated_photos()]
+    check_inputs = network_inputs(io, [io.sample(a) for a in (photos(calib, CHECK_IMAGES) if calib
+                                                              else generated_photos())])
     log(f"exporting {wf.path.name} ({wf.arch}, {wf.task} x{wf.scale}) with torch {torch.__version__}")
     model = to_onnx(net, io, check_inputs[0])
     float_bytes = model.SerializeToString()
     float_sess = session(float_bytes, threads)
     check = {"float": compare(OnnxNet(float_sess, io, None), net, check_inputs, peak)}
-    check["images"] = f"{len(check_inputs)} photos from {source}" if calib else f"{len(check_inputs)} generated images"
+    n = len(check_inputs) // max(1, len(io.levels))
+    check["images"] = f"{n} photos from {source}" if calib else f"{n} generated images"
+    if io.level is not None:
+        check["images"] += f", each at levels {', '.join(f'{lv:g}' for lv in io.levels)}"
     f = check["float"]
     log(f"float: max abs error {f['max_abs_error']:.3g}, PSNR {f['psnr']:.2f} dB against PyTorch "
         f"({check['images']}; output range {lo:g}..{hi:g})")
@@ -327,8 +365,10 @@ def export_model(wf, out: Path, *, int8: bool = False, calib: list[str] | None =
         if int8:
             fp, qp = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
             fp.write_bytes(float_bytes)
-            calib_inputs = same_size([io.sample(a) for a in photos(calib, CALIB_IMAGES)], CALIB_SIDE)
-            log(f"int8: calibrating on {len(calib_inputs)} photos from {source}")
+            calib_inputs = same_size(network_inputs(io, [io.sample(a) for a in photos(calib, CALIB_IMAGES)]),
+                                     CALIB_SIDE, registry.ARCHS[wf.arch].size_multiple)
+            log(f"int8: calibrating on {len(calib_inputs) // max(1, len(io.levels))} photos from {source}"
+                + (f", each at levels {', '.join(f'{lv:g}' for lv in io.levels)}" if io.level is not None else ""))
             info["int8"] = quantize_int8(fp, qp, io, calib_inputs)
             model = onnx.load(str(qp))
             sessions["onnx int8"] = session(qp, threads)
@@ -349,26 +389,28 @@ def export_model(wf, out: Path, *, int8: bool = False, calib: list[str] | None =
                 rows[name] = task.evaluate(OnnxNet(sess, io, net.cfg), folder)
             report["quality"][str(folder)] = rows
     if speed and task.timing_input is not None:
-        report["speed"] = time_runtimes(net, io, sessions, task.timing_input(), threads)
+        report["speed"] = time_runtimes(net, io, sessions, network_inputs(io, [task.timing_input()])[0], threads)
     return report
 
 
-def time_runtimes(net: torch.nn.Module, io: NetIO, sessions: dict, x: torch.Tensor, threads: int,
+def time_runtimes(net: torch.nn.Module, io: NetIO, sessions: dict, args: tuple[torch.Tensor, ...], threads: int,
                   repeat: int = 5) -> dict:
-    """Best-of-`repeat` seconds of the network on `x`: PyTorch eager (in
-    channels_last, as the restorer runs it) and each onnxruntime session,
-    timed in turn in every round, with `threads` threads each."""
+    """Best-of-`repeat` seconds of the network on `args` (its image, and
+    level): PyTorch eager (in channels_last, as the restorer runs it) and
+    each onnxruntime session, timed in turn in every round, with `threads`
+    threads each."""
     from .bench import best_of
 
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     net_cl = net.to(memory_format=torch.channels_last)
+    x, *rest = args
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    xn = {io.input: x.numpy()}
+    xn = feeds(io, args)
 
     def run_torch():
         with torch.inference_mode():
-            net_cl(x_cl)
+            net_cl(x_cl, *rest)
 
     fns = [run_torch] + [lambda s=s: s.run([io.output], xn) for s in sessions.values()]
     try:

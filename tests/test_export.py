@@ -30,10 +30,13 @@ def _torch_net(path):
     return reparameterize(registry.build_from_weights(weights.read(path))).eval()
 
 
-def _run_onnx(path, x: torch.Tensor, io) -> torch.Tensor:
+def _run_onnx(path, x: torch.Tensor, io, level: torch.Tensor | None = None) -> torch.Tensor:
     ort = _onnx()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(sess.run([io.output], {io.input: x.numpy()})[0])
+    feed = {io.input: x.numpy()}
+    if level is not None:
+        feed[io.level] = level.numpy()
+    return torch.from_numpy(sess.run([io.output], feed)[0])
 
 
 def _photos(tmp_path, sizes=((60, 84), (47, 101))):
@@ -48,7 +51,8 @@ def _photos(tmp_path, sizes=((60, 84), (47, 101))):
 def test_export_equals_torch_at_any_size(task, tiny_model, tmp_path):
     """Every task with an exported network: the .onnx equals PyTorch within
     tolerance on generated images of sizes it was not traced at, batch 2
-    included, and carries the weights' description and the check."""
+    included (a network with a level input: one image blind, one hinted),
+    and carries the weights' description and the check."""
     _onnx()
     from imgrestore.export import export_model, read_metadata
 
@@ -64,9 +68,10 @@ def test_export_equals_torch_at_any_size(task, tiny_model, tmp_path):
         rgb = np.asarray(noise_image(h, w, seed=10 + i))
         x = io.sample(rgb)
         x = torch.cat([x, x.flip(-1)])  # (2, C, h, w)
+        args = (x,) if io.level is None else (x, torch.tensor([-1.0, io.levels[-1]]))
         with torch.inference_mode():
-            want = net(x)
-        got = _run_onnx(out, x, io)
+            want = net(*args)
+        got = _run_onnx(out, x, io, *args[1:])
         assert got.shape == want.shape
         assert (got - want).abs().max() <= 1e-3 * (hi - lo)  # the export's own tolerance
     meta = read_metadata(out)

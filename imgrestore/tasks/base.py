@@ -74,6 +74,11 @@ class NetIO:
     # () -> the lowest and highest output value (a function: the bound may
     # live with the model, which imports torch)
     out_range: Callable[[], tuple[float, float]]
+    # a second input, (N,) float32: the network's level hint (denoise,
+    # deblock), negative for blind; `levels`: the hints the export's check
+    # and int8 calibration run each photo at
+    level: str | None = None
+    levels: tuple[float, ...] = ()
 
 
 @dataclass

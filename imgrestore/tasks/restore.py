@@ -14,14 +14,14 @@ import random
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from ..defaults import DEFAULT_TILE
 from ..io import Picture
 from ..restorer import Restorer
-from .base import Task
+from .base import NetIO, Task
 from .upscale import augment
 
 
@@ -270,6 +270,24 @@ def gmacs_per_mp(model, scale: int) -> float:
     return count_macs(model.eval(), x) / (x.shape[2] * x.shape[3]) * 1e6 / 1e9
 
 
+EXPORT_CROP = 256  # side of the centre crop of a photo the export checks and calibrates on
+
+
+def export_sample_with(d: Degradation) -> Callable[[np.ndarray], Any]:
+    """(H, W, 3) uint8 photo -> what the network sees at run time: its
+    centre crop (at most EXPORT_CROP a side, even sides) degraded at the
+    task's headline setting (fixed seed), (1, 3, h, w)."""
+    def sample(rgb: np.ndarray):
+        from ..tensors import to_tensor
+
+        h, w = rgb.shape[:2]
+        ch, cw = min(h, EXPORT_CROP) // 2 * 2, min(w, EXPORT_CROP) // 2 * 2
+        y, x = (h - ch) // 2, (w - cw) // 2
+        crop = np.ascontiguousarray(rgb[y:y + ch, x:x + cw])
+        return to_tensor(d.apply(crop, d.main, np.random.default_rng(0)))
+    return sample
+
+
 def level_task(d: Degradation, **fields) -> Task:
     """The `Task` record of a level task (denoise, deblock): `fields` are
     its own (name, restorer, options...); pairs, evaluation and cost are
@@ -277,6 +295,11 @@ def level_task(d: Degradation, **fields) -> Task:
     def pairs(images, patch: int, seed: int = 0, **kw) -> LevelPairs:
         return LevelPairs(images, d, patch, seed=seed, **kw)
 
+    net = NetIO(input="x", output="y", level="level", levels=(-1.0, d.level(d.main)),
+                doc=f"x: (N, 3, H, W) RGB in [0, 1], H and W even; level: (N,) the {d.unit} hint as the "
+                    f"network's level in [0, 1] ({d.unit} {d.low:g}..{d.high:g}), negative for blind -> y: "
+                    "(N, 3, H, W) RGB in [0, 1]",
+                sample=export_sample_with(d), out_range=lambda: (0.0, 1.0))
     return Task(pairs=pairs, evaluate=evaluate_with(d), timing_input=timing_input, cost=gmacs_per_mp,
-                precisions=("fp32", "bf16"),
+                precisions=("fp32", "bf16"), net=net,
                 cost_key="gmacs_per_mp", cost_unit="per MP", **fields)
