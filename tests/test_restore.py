@@ -126,9 +126,12 @@ def test_search_command_writes_the_derived_network_and_the_comparison(cli, tmp_p
     assert (tmp_path / "search.handpicked.safetensors").is_file()
     # the file alone rebuilds the derived network: the next training takes it
     code, _, err = cli("train", "denoise", "--data", data, "--arch-from", out, "--steps", 2, "--batch", 2,
-                       "--patch", 16, "--holdout", 0.3, "--threads", 1, "-o", tmp_path / "d.safetensors")
+                       "--patch", 16, "--holdout", 0.3, "--threads", 1, "--precision", "bf16",
+                       "-o", tmp_path / "d.safetensors")
     assert code == 0, err
-    assert weights.read(tmp_path / "d.safetensors").config["cells"] == wf.config["cells"]
+    trained = weights.read(tmp_path / "d.safetensors")
+    assert trained.config["cells"] == wf.config["cells"]
+    assert trained.provenance["precision"] == "bf16"  # --precision reaches the training loop
 
 
 def test_rebuilt_from_its_file_equals_the_trained_model(tmp_path):

@@ -337,3 +337,21 @@ def test_tuned_tail_trains_with_the_decoder_lives_in_its_file_and_loads_over_the
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(full, again))
     # resumable: the state holds the tail and its moments
     train(task, TrainOptions(steps=7, out=out, lr=1e-2, warmup=1, save_every=3, log=lambda m: None))
+
+
+def test_colorizer_trains_under_bf16(tiny_semantic, tmp_path):
+    """`train colorize --precision bf16`: the decoder and the tuned tail
+    train under bfloat16 autocast from the cached maps, the loss stays
+    finite, and the file says how it was trained."""
+    from imgrestore.train.colorize import make_semantic_task
+    from imgrestore.train.loop import TrainOptions, train
+
+    data = labelled_photos(tmp_path)
+    task = make_semantic_task([str(data)], crop=32, batch=4, holdout=0.0, width=8, cache=tmp_path / "cache",
+                              crops_per_image=2, encoder=weights_dir() / ENC_FILE, tune_tail=0.5, tune_from=1,
+                              log=lambda m: None)
+    out = tmp_path / "b.safetensors"
+    logs = []
+    train(task, TrainOptions(steps=3, out=out, lr=1e-2, warmup=1, log=logs.append, precision="bf16"))
+    assert weights.read(out).provenance["precision"] == "bf16"
+    assert not any("nan" in m for m in logs), logs
