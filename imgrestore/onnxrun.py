@@ -143,7 +143,11 @@ class OnnxRestorer(Restorer):
         self.tile_safe = bool(t.get("tile_safe", True))
         self.backend = "onnx"
         self.device = "cpu"
-        self.input_name = sess.get_inputs()[0].name
+        inputs = sess.get_inputs()
+        self.input_name = inputs[0].name
+        # a second input: the level hint of denoise and deblock ((N,), negative: blind)
+        self.level_name = inputs[1].name if len(inputs) > 1 else None
+        self.level = None
         self.output_name = sess.get_outputs()[0].name
         self.notes: list[str] = []
 
@@ -158,17 +162,26 @@ class OnnxRestorer(Restorer):
         h, w = x.shape[2:]
         if m > 1 and (h % m or w % m):
             x = np.pad(x, ((0, 0), (0, 0), (0, (-h) % m), (0, (-w) % m)), mode="edge")
-        y = self.sess.run([self.output_name], {self.input_name: x})[0][0]  # (C, h*s, w*s) and padding
+        feed = {self.input_name: x}
+        if self.level_name is not None:
+            feed[self.level_name] = np.full((1,), -1.0 if self.level is None else self.level, np.float32)
+        y = self.sess.run([self.output_name], feed)[0][0]  # (C, h*s, w*s) and padding
         ys, xs = t.crop_in_output(s)
         quantize_into(band[:, t.x0 * s:t.x1 * s], y[:, ys, xs])
 
     def describe(self) -> dict:
-        return {"name": self.name, "task": self.task, "scale": self.scale, "arch": self.meta["arch"],
-                "backend": "onnx", "file": str(self.path)}
+        d = {"name": self.name, "task": self.task, "scale": self.scale, "arch": self.meta["arch"],
+             "backend": "onnx", "file": str(self.path)}
+        return d if self.level_name is None else dict(d, hint=getattr(self, "hint", None))
 
 
-def load(model: str | os.PathLike, task, threads: int | None = None, device: str = "auto") -> OnnxRestorer:
-    """The restorer of `model`'s ONNX graph for `task` (a `tasks.Task`);
+def load(model: str | os.PathLike, task, threads: int | None = None, device: str = "auto",
+         **settings) -> OnnxRestorer:
+    """The restorer of `model`'s ONNX graph for `task` (a `tasks.Task`;
+    None: the task its metadata names):
+    `OnnxRestorer`, joined for a task with a level hint (denoise, deblock)
+    to the task's own restorer class, which reads each picture's level (the
+    hint in `settings`, a JPEG's quality) while this one runs the graph;
     raises `BackendError`, `ModelNotFound`, `WeightsError`."""
     if device == "cuda":
         raise BackendError("--backend onnx runs on the CPU; use --backend torch for --device cuda")
@@ -179,9 +192,26 @@ def load(model: str | os.PathLike, task, threads: int | None = None, device: str
     except Exception as e:  # onnxruntime's failures on a damaged file have many types
         raise WeightsError(f"{path}: not a readable ONNX graph ({type(e).__name__}: {e})") from None
     meta = _meta(sess, path)
-    if meta["task"] != task.name:
+    if task is None:  # the graph's own task
+        from .tasks import check_onnx_backend, get
+
+        task = get(meta["task"], path)
+        check_onnx_backend(task)
+    elif meta["task"] != task.name:
         from .errors import WrongTask
 
         raise WrongTask(f"model {model} is a {meta['task']} model, not {task.noun}")
+    hint_setting = getattr(task.restorer, "hint_setting", None)
+    given = {k for k, v in settings.items() if v is not None}
+    if given - {hint_setting}:
+        raise BackendError(f"--backend onnx takes no settings of {task.name} ({', '.join(sorted(given))})")
     name = str(model) if str(model) in catalog.SHIPPED else path.stem
-    return OnnxRestorer(sess, meta, path, name)
+    if hint_setting is None:
+        return OnnxRestorer(sess, meta, path, name)
+    if len(sess.get_inputs()) != 2:
+        raise WeightsError(f"{path}: {task.noun}'s graph takes the image and its level; this one has "
+                           f"{len(sess.get_inputs())} inputs")
+    cls = type(f"Onnx{task.restorer.__name__}", (OnnxRestorer, task.restorer), {})
+    r = cls(sess, meta, path, name)
+    r.set_hint(settings.get(hint_setting))
+    return r

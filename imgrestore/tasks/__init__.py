@@ -31,6 +31,15 @@ def get(name: str, source: object = "") -> Task:
     return task
 
 
+def check_onnx_backend(t: Task) -> None:
+    """`BackendError` unless the task runs on --backend onnx."""
+    if "onnx" not in t.backends:
+        from ..onnxrun import BackendError
+
+        raise BackendError(f"{t.name} runs on --backend torch only ({t.noun}'s read-out around its "
+                           "network is PyTorch code)")
+
+
 def load(model: str | os.PathLike = "upscale-x4", device: str = "auto", task: str | None = None,
          backend: str = "torch", threads: int | None = None, precision: str = "auto", **settings):
     """Load a shipped model by name, or any imgrestore weights file by path,
@@ -46,15 +55,13 @@ def load(model: str | os.PathLike = "upscale-x4", device: str = "auto", task: st
         from ..onnxrun import BackendError
         from ..onnxrun import load as load_onnx
 
-        t = get(task or "upscale")
-        if "onnx" not in t.backends:
-            raise BackendError(f"{t.name} runs on --backend torch only ({t.noun}'s read-out around its "
-                               "network is PyTorch code)")
-        if settings:
-            raise BackendError(f"--backend onnx takes no settings of {t.name} ({', '.join(settings)})")
+        t = get(task) if task else None  # None: the graph's own (its metadata)
+        if t is not None:
+            check_onnx_backend(t)
         if precision != "auto":
-            raise BackendError(f"--precision {precision} is for --backend torch (the onnx graphs are int8)")
-        return load_onnx(model, t, threads=threads, device=device)
+            raise BackendError(f"--precision {precision} is for --backend torch (the onnx graphs' arithmetic is "
+                               "their own)")
+        return load_onnx(model, t, threads=threads, device=device, **settings)
     if backend != "torch":
         raise ValueError(f"unknown backend {backend!r} (torch or onnx)")
     import torch

@@ -51,6 +51,7 @@ class DeblockRestorer(LevelRestorer):
     it from a JPEG input's quantization tables, else blind."""
 
     degradation = DEGRADATION
+    hint_setting = "jpeg_quality"
 
     def __init__(self, *args, jpeg_quality: int | None = None):
         super().__init__(*args, hint=jpeg_quality)

@@ -67,6 +67,7 @@ class DenoiseRestorer(LevelRestorer):
     """Denoising: scale 1; `hint` is the noise sigma (0-255 scale), None for blind."""
 
     degradation = DEGRADATION
+    hint_setting = "sigma"
 
     def __init__(self, *args, sigma: float | None = None):
         super().__init__(*args, hint=sigma)

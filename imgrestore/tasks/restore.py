@@ -67,9 +67,13 @@ class LevelRestorer(Restorer):
     from each picture. The hint passes to the network with every tile."""
 
     degradation: Degradation
+    hint_setting: str  # the settings key (the command's option) that carries the hint
 
     def __init__(self, *args, hint: float | None = None):
         super().__init__(*args)
+        self.set_hint(hint)
+
+    def set_hint(self, hint: float | None) -> None:
         self.hint = hint
         self.level = None if hint is None else self.degradation.level(hint)
 
@@ -301,5 +305,5 @@ def level_task(d: Degradation, **fields) -> Task:
                     "(N, 3, H, W) RGB in [0, 1]",
                 sample=export_sample_with(d), out_range=lambda: (0.0, 1.0))
     return Task(pairs=pairs, evaluate=evaluate_with(d), timing_input=timing_input, cost=gmacs_per_mp,
-                precisions=("fp32", "bf16"), net=net,
+                precisions=("fp32", "bf16"), net=net, backends=("torch", "onnx"),
                 cost_key="gmacs_per_mp", cost_unit="per MP", **fields)
