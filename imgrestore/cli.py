@@ -754,9 +754,11 @@ def _choices(text: str, allowed: tuple[str, ...], option: str) -> list[str]:
 
 
 @bench.command("whole")
+@click.option("--task", type=click.Choice(["upscale", "denoise", "deblock"]), default="upscale", show_default=True,
+              help="The command timed (denoise: its input noisy, sigma 25, JPEG q95; deblock: JPEG q20).")
 @options(SCALE_OPTIONS)
 @click.option("--model", "models", multiple=True,
-              help="Model name or path [default: upscale-xN]; repeat it to time several in one run.")
+              help="Model name or path [default: upscale-xN, or the task's]; repeat it to time several in one run.")
 @click.option("--backend", "backends", default="torch", show_default=True,
               help="Backends to time, comma-separated: torch (at --precision auto), torch-fp32, torch-bf16, onnx.")
 @click.option("--format", "formats", default="png,jpg", show_default=True,
@@ -772,32 +774,38 @@ def _choices(text: str, allowed: tuple[str, ...], option: str) -> list[str]:
               help="Also run each command once under timers: start-up, model load, decode, tiles, network, merge, "
                    "encode.")
 @click.option("--json", "as_json", is_flag=True)
-def bench_whole_cmd(x2, x3, x4, scale, models, backends, formats, size, folder, photo, threads, repeat, profiles,
-                    as_json):
-    """Whole-command speed: `imgrestore upscale` run as a subprocess on a
-    large image and on a folder of small ones, in output megapixels per
-    second (best of --repeat), next to a whole-process Pillow bicubic resize
-    and the network alone, measured in the same run."""
+def bench_whole_cmd(task, x2, x3, x4, scale, models, backends, formats, size, folder, photo, threads, repeat,
+                    profiles, as_json):
+    """Whole-command speed: `imgrestore upscale` (or --task denoise,
+    deblock) run as a subprocess on a large image and on a folder of small
+    ones, in output megapixels per second (best of --repeat), next to a
+    whole-process Pillow bicubic resize (Pillow decoding and re-encoding
+    the file, for denoise and deblock) and the network alone, measured in
+    the same run."""
     from .wholebench import bench_whole
 
     own = TASKS["upscale"].parse(dict(x2=x2, x3=x3, x4=x4, scale=scale))
+    if own["scale"] and task != "upscale":
+        _fail_usage(f"--x2/--x3/--x4/--scale are for --task upscale ({task} keeps the size)")
     size_wh = None if size.strip().lower() == "none" else _dims(size, 2, "WxH (e.g. 2000x1500)")
     folder_nwh = None if folder.strip().lower() == "none" else _dims(folder, 3, "NxWxH (e.g. 16x320x240)")
-    report = bench_whole(own["scale"] or 4, list(models), _choices(backends, ("torch", "torch-fp32", "torch-bf16", "onnx"), "--backend"),
+    backends = _choices(backends, ("torch", "torch-fp32", "torch-bf16", "onnx"), "--backend")
+    report = bench_whole(own["scale"] or 4, list(models), backends,
                          _choices(formats, ("png", "jpg"), "--format"), size_wh, folder_nwh, photo, threads, repeat,
-                         log=lambda m: None if as_json else click.echo(m, err=True), profiles=profiles)
+                         log=lambda m: None if as_json else click.echo(m, err=True), profiles=profiles, task=task)
     if as_json:
         click.echo(json.dumps(report))
         return
     from rich.table import Table
 
     con = _table_console()
-    con.print(f"x{report['scale']} {', '.join(report['models'])}, {report['threads']} threads, "
+    what = f"x{report['scale']}" if report["task"] == "upscale" else report["task"]
+    con.print(f"{what} {', '.join(report['models'])}, {report['threads']} threads, "
               f"best of {report['repeat']}, "
               f"input: {report['input']}; load average before {report['load_average']['before']}, "
               f"after {report['load_average']['after']} ({report['cpus']} CPUs)")
     t = Table(title="whole-command speed (output megapixels per second)")
-    for c in ("input", "format", "method", "seconds", "output MP/s", "vs bicubic"):
+    for c in ("input", "format", "method", "seconds", "output MP/s", "vs reference"):
         t.add_column(c)
     for r in report["rows"]:
         t.add_row(r["case"], r["format"], r["method"], f"{r['seconds']:.3f}", f"{r['mp_per_s']:.2f}",

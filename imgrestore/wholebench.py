@@ -1,18 +1,23 @@
 """`imgrestore bench whole`: the speed a user sees, the whole command.
 
-Each figure is a real `imgrestore upscale` run as a subprocess (start-up,
+Each figure is a real `imgrestore upscale` (or `denoise`, `deblock`) run as
+a subprocess (start-up,
 imports, decode, tiles, network, encode, the atomic write), on a stated
 input size and output format, best of `repeat` after a warm-up run, in
 output megapixels per second. Next to it, measured in the same rounds: a
 whole-process Pillow bicubic resize of the same input to the same format
-(the reference), and the network alone (tiles + network + quantize, no
+(the reference; for denoise and deblock, scale 1, it is Pillow decoding and
+re-encoding the file), and the network alone (tiles + network + quantize, no
 start-up or IO) in a process of its own for each backend. The commands are timed in
 turn in every round, so a busy moment of the machine does not land on one
 of them, and the machine's load is reported with the figures.
 
 The inputs: a photo given by path (centre-cropped to the size's aspect and
 resized), else generated photo-like images (`photo_like`): flat or noise
-images would flatter or punish the PNG encoder.
+images would flatter or punish the PNG encoder. An upscaler's input is a
+PNG; denoise's the image with Gaussian noise of sigma 25 (fixed seed) saved
+as JPEG quality 95, as a camera's noisy photo; deblock's the image saved as
+JPEG quality 20 (whose tables the command reads).
 """
 
 from __future__ import annotations
@@ -145,7 +150,7 @@ PHASES = ("start+exit", "import", "load model", "decode", "tiles", "network", "m
 
 
 def profile(argv: list[str], env: dict, tmp: Path) -> dict:
-    """Where one run of the command `argv` (an `upscale_argv`) spends its
+    """Where one run of the command `argv` (a `command_argv`) spends its
     time, in seconds per phase (PHASES), with the run's wall time."""
     out = tmp / "profile.json"
     t = time.perf_counter()
@@ -218,12 +223,32 @@ class Case:
     in_mp: float  # input megapixels in all
 
 
-def make_cases(tmp: Path, size: tuple[int, int] | None, folder: tuple[int, int, int] | None,
-               photo: str | None) -> list[Case]:
-    """The large image (`size` = (w, h)) and the folder (`folder` = (n, w,
-    h)) as PNG files under `tmp` (either may be None: not timed)."""
+TASKS = ("upscale", "denoise", "deblock")
+
+
+def save_input(a: np.ndarray, stem: Path, task: str) -> Path:
+    """Write the input image `a` as `task`'s command meets it (see the
+    module's docstring); returns the file."""
     from PIL import Image
 
+    if task == "denoise":
+        noisy = a.astype(np.float32) + np.random.default_rng(0).normal(0, 25, a.shape).astype(np.float32)
+        path = stem.with_suffix(".jpg")
+        Image.fromarray(np.clip(np.rint(noisy), 0, 255).astype(np.uint8)).save(path, quality=95)
+    elif task == "deblock":
+        path = stem.with_suffix(".jpg")
+        Image.fromarray(a).save(path, quality=20)
+    else:
+        path = stem.with_suffix(".png")
+        Image.fromarray(a).save(path, compress_level=1)
+    return path
+
+
+def make_cases(tmp: Path, size: tuple[int, int] | None, folder: tuple[int, int, int] | None,
+               photo: str | None, task: str = "upscale") -> list[Case]:
+    """The large image (`size` = (w, h)) and the folder (`folder` = (n, w,
+    h)) as files under `tmp` (`save_input`; either may be None: not
+    timed)."""
     def folder_images(n, fw, fh):
         if not photo:
             return [photo_like(fh, fw, seed=i + 1) for i in range(n)]
@@ -235,9 +260,8 @@ def make_cases(tmp: Path, size: tuple[int, int] | None, folder: tuple[int, int, 
     cases = []
     if size:
         w, h = size
-        large = tmp / f"large-{w}x{h}.png"
         img = photo_input(photo, h, w) if photo else photo_like(h, w)
-        Image.fromarray(img).save(large, compress_level=1)
+        large = save_input(img, tmp / f"large-{w}x{h}", task)
         cases.append(Case(f"{w}x{h}", large, w * h / 1e6))
     if folder:
         n, fw, fh = folder
@@ -245,7 +269,7 @@ def make_cases(tmp: Path, size: tuple[int, int] | None, folder: tuple[int, int, 
         d.mkdir()
         imgs = folder_images(n, fw, fh)
         for i, a in enumerate(imgs):
-            Image.fromarray(a).save(d / f"img{i:03d}.png", compress_level=1)
+            save_input(a, d / f"img{i:03d}", task)
         cases.append(Case(f"folder {n} x {fw}x{fh}", d, n * fw * fh / 1e6))
     return cases
 
@@ -268,11 +292,11 @@ def _runner(argv: list[str], env: dict):
     return run
 
 
-def upscale_argv(case: Case, out: Path, scale: int, model: str | None, backend: str, threads: int,
-                 fmt: str) -> list[str]:
+def command_argv(case: Case, out: Path, scale: int, model: str | None, backend: str, threads: int,
+                 fmt: str, task: str = "upscale") -> list[str]:
     """The imgrestore command a user would type for the case."""
-    argv = [sys.executable, "-m", "imgrestore", "upscale", f"--x{scale}", "--threads", str(threads), "-q",
-            "--overwrite", "--format", fmt]
+    argv = [sys.executable, "-m", "imgrestore", task, *([f"--x{scale}"] if task == "upscale" else []),
+            "--threads", str(threads), "-q", "--overwrite", "--format", fmt]
     backend, _, precision = backend.partition("-")  # torch-fp32, torch-bf16: torch at that --precision
     if backend != "torch":
         argv += ["--backend", backend]
@@ -292,23 +316,30 @@ def load_average() -> list[float]:
 
 def bench_whole(scale: int, models: list[str], backends: list[str], formats: list[str],
                 size: tuple[int, int] | None, folder: tuple[int, int, int] | None, photo: str | None,
-                threads: int, repeat: int, log=lambda m: None, profiles: bool = False) -> dict:
+                threads: int, repeat: int, log=lambda m: None, profiles: bool = False, task: str = "upscale") -> dict:
     """Rows of {case, format, method, seconds, mp_per_s, vs_bicubic}: the
-    whole command per model (none given: the shipped one of the scale) and
-    backend and the bicubic reference per format, and the network alone per
-    model and backend, for each case. With `profiles`, one more run of each
-    command under timers: where its time goes (`profile`)."""
+    whole command of `task` per model (none given: the shipped one of the
+    task and scale) and backend and the reference per format, and the
+    network alone per model and backend, for each case. With `profiles`, one
+    more run of each command under timers: where its time goes (`profile`).
+    For denoise and deblock the scale is 1."""
     from .bench import best_of
 
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r} ({', '.join(TASKS)})")
+    scale = scale if task == "upscale" else 1
+    default_model = f"upscale-x{scale}" if task == "upscale" else task
     shown = {m: Path(m).stem for m in models}
-    runs = [(m, b, f"imgrestore upscale{f' --model {shown[m]}' if len(models) > 1 else ''}, {b}")
+    runs = [(m, b, f"imgrestore {task}{f' --model {shown[m]}' if len(models) > 1 else ''}, {b}")
             for m in (models or [None]) for b in backends]
+    reference = ("Pillow bicubic, whole process (reference)" if task == "upscale"
+                 else "Pillow decode + encode, whole process (reference)")
     env = _env()
     rows, profiled = [], []
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="imgrestore-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        cases = make_cases(tmp, size, folder, photo)
+        cases = make_cases(tmp, size, folder, photo, task)
         for case in cases:
             out_mp = case.in_mp * scale * scale
             for fmt in formats:
@@ -317,7 +348,7 @@ def bench_whole(scale: int, models: list[str], backends: list[str], formats: lis
                 names, fns = [], []
                 for i, (model, b, name) in enumerate(runs):
                     names.append(name)
-                    argv = upscale_argv(case, out_for(f"{i}-{b}"), scale, model, b, threads, fmt)
+                    argv = command_argv(case, out_for(f"{i}-{b}"), scale, model, b, threads, fmt, task)
                     fns.append(_runner(argv, env))
                     if profiles:
                         profiled.append({"case": case.name, "format": fmt, "backend": b, "model": shown.get(model),
@@ -325,10 +356,11 @@ def bench_whole(scale: int, models: list[str], backends: list[str], formats: lis
                 ref_out = out_for("bicubic")
                 if folder_out:
                     ref_out.mkdir(exist_ok=True)
-                names.append("Pillow bicubic, whole process (reference)")
+                names.append(reference)
                 fns.append(_runner([sys.executable, "-c", BICUBIC_SCRIPT, str(case.source), str(ref_out),
                                     str(scale), fmt, str(REFERENCE_PNG_LEVEL)], env))
-                log(f"timing {case.name} -> x{scale} {fmt}: {len(fns)} commands, best of {repeat}")
+                log(f"timing {case.name} -> {task}{f' x{scale}' if task == 'upscale' else ''} {fmt}: {len(fns)} "
+                    f"commands, best of {repeat}")
                 secs = best_of(fns, repeat=repeat, warmup=1)
                 ref = secs[-1]
                 for name, sec in zip(names, secs):
@@ -336,15 +368,15 @@ def bench_whole(scale: int, models: list[str], backends: list[str], formats: lis
                                  "mp_per_s": out_mp / sec, "vs_bicubic": ref / sec})
             # the network alone, on the same pixels
             for m, b, name in runs:
-                p = subprocess.run([sys.executable, "-c", NETWORK_SCRIPT, m or f"upscale-x{scale}", b, str(threads),
+                p = subprocess.run([sys.executable, "-c", NETWORK_SCRIPT, m or default_model, b, str(threads),
                                     str(repeat), str(case.source)], env=env, capture_output=True, text=True)
                 if p.returncode != 0:
-                    raise RuntimeError(f"timing the network of {m or f'upscale-x{scale}'} failed: {p.stderr}")
+                    raise RuntimeError(f"timing the network of {m or default_model} failed: {p.stderr}")
                 sec = float(p.stdout.strip().splitlines()[-1])
                 rows.append({"case": case.name, "format": "-",
-                             "method": name.replace("imgrestore upscale", "network only (tiles, no start-up or IO)"),
+                             "method": name.replace(f"imgrestore {task}", "network only (tiles, no start-up or IO)"),
                              "seconds": sec, "mp_per_s": out_mp / sec, "vs_bicubic": None})
-    return {"scale": scale, "models": [shown[m] for m in models] or [f"upscale-x{scale}"], "threads": threads,
+    return {"task": task, "scale": scale, "models": [shown[m] for m in models] or [default_model], "threads": threads,
             "repeat": repeat, "input": photo or "generated photo-like images",
             "load_average": {"before": load_before, "after": load_average()}, "cpus": os.cpu_count(),
             "rows": rows, "profiles": profiled, "when": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -338,3 +338,25 @@ def test_onnx_quantize_into_equals_the_plain_read_out():
         quantize_into(out[:, 5:75], y.copy())
         assert np.array_equal(out[:, 5:75], want), dtype
         assert not out[:, :5].any() and not out[:, 75:].any()
+
+
+@pytest.mark.parametrize("task", ["denoise", "deblock"])
+def test_bench_whole_times_denoise_and_deblock(cli, tmp_path, task, tiny_denoise, tiny_deblock):
+    """bench whole --task: the restoring command on its own kind of input
+    (noisy, or a JPEG), at scale 1, next to Pillow decoding and re-encoding
+    the same file, and the network alone."""
+    model = {"denoise": tiny_denoise, "deblock": tiny_deblock}[task]
+    code, out, err = cli("bench", "whole", "--task", task, "--model", model, "--size", "40x30", "--folder",
+                         "2x16x12", "--format", "jpg", "--repeat", "1", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["task"] == task and report["scale"] == 1
+    rows = {(r["case"], r["method"]): r for r in report["rows"]}
+    for case in ("40x30", "folder 2 x 16x12"):
+        assert (case, f"imgrestore {task}, torch") in rows
+        assert (case, "Pillow decode + encode, whole process (reference)") in rows
+        assert (case, "network only (tiles, no start-up or IO), torch") in rows
+    big = rows[("40x30", f"imgrestore {task}, torch")]
+    assert abs(big["mp_per_s"] * big["seconds"] - 40 * 30 / 1e6) < 1e-9  # output = input size
+    code, _, err = cli("bench", "whole", "--task", task, "--x2")
+    assert code == 2 and "--task upscale" in err, err
