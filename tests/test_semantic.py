@@ -236,11 +236,15 @@ def test_shipped_colorizer_runs_on_the_gray_tuned_encoder_derived_from_lite0():
         assert torch.equal(t, src.tensors[name]) != tuned, name
     m = gray.provenance["metrics"]
     assert m["holdout"]["agree"] > m["before"]["agree"] and m["holdout"]["kl"] < m["before"]["kl"]
-    # the colorizer retrained that tail with its decoder (--tune-tail): its own tensors load over the file's
+    # the colorizer retrained a tail with its decoder (--tune-tail, from the
+    # 1/16 map or, --tune-from 1/8, from the 1/8 one): its own tensors load
+    # over the file's
     assert col.config["tune_tail"] is True
+    tuned_from = EfficientLite(**src.config).taps[col.config.get("tune_from", 2)] + 1
+    assert tuned_from <= cut
     tail = {k[8:] for k in col.tensors if k.startswith("encoder.")}
     assert tail == {k for k in gray.tensors if k.startswith("head.") or
-                    (k.startswith("blocks.") and int(k.split(".")[1]) >= cut)}
+                    (k.startswith("blocks.") and int(k.split(".")[1]) >= tuned_from)}
     r = load("colorize", device="cpu")
     assert torch.equal(r.model.state_dict()["encoder.head.weight"], col.tensors["encoder.head.weight"])
     assert torch.equal(r.model.state_dict()["encoder.stem.weight"], src.tensors["stem.weight"])
