@@ -80,7 +80,8 @@ def bench_upscale(restorer, folders: list[str], threads: int, size: int = 512, s
     quality = {Path(f).name: upscale.eval_sr(restorer.run_pixels, f, restorer.scale, lr_jpeg=lr_jpeg).summary()
                for f in folders}
     return {
-        "model": restorer.name, "precision": restorer.precision, "scale": restorer.scale, "params": count_params(restorer.model),
+        "model": restorer.name, "precision": restorer.precision, "scale": restorer.scale,
+        "params": count_params(restorer.model),
         "threads": threads, "torch": torch.__version__, "quality": quality,
         "lr": f"Pillow bicubic, saved as JPEG quality {lr_jpeg} (4:2:0)" if lr_jpeg else "Pillow bicubic",
         "speed": _speed_rows(restorer, size, folders) if speed else [],
@@ -178,7 +179,8 @@ def bench_restore(restorer, folders: list[str], settings: list[float], threads: 
                 sec = time_call(fn, repeat=2)
                 rows.append({"test": f"folder {Path(folder).name} ({len(imgs)} images)", "method": method,
                              "seconds": sec, "mp_per_s": mp / sec})
-    return {"model": restorer.name, "precision": restorer.precision, "task": restorer.task, "params": count_params(restorer.model),
+    return {"model": restorer.name, "precision": restorer.precision, "task": restorer.task,
+            "params": count_params(restorer.model),
             "threads": threads, "torch": torch.__version__, "baseline": d.baseline_name, "score": d.score_name,
             "quality": quality, "speed": rows}
 

@@ -131,7 +131,16 @@ def feeds(io: NetIO, args: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
     return {n: np.ascontiguousarray(a.detach().cpu().numpy(), dtype=np.float32) for n, a in zip(names, args)}
 
 
-def same_size(inputs: list[tuple[torch.Tensor, ...]], side: int, multiple: int = 1) -> list[tuple[torch.Tensor, ...]]:
+def inputs_described(io: NetIO, inputs: list[tuple[torch.Tensor, ...]]) -> tuple[int, str]:
+    """(how many photos `inputs` were made from, ", each at levels ..." for
+    a network with a level input, else "")."""
+    if io.level is None:
+        return len(inputs), ""
+    return len(inputs) // len(io.levels), f", each at levels {', '.join(f'{lv:g}' for lv in io.levels)}"
+
+
+def same_size(inputs: list[tuple[torch.Tensor, ...]], side: int,
+              multiple: int = 1) -> list[tuple[torch.Tensor, ...]]:
     """Centre crops (of each argument tuple's image) of the smallest height
     and width among `inputs`, at most `side`, a multiple of `multiple`: the
     histogram calibration stacks every input's activations, and holds them
@@ -169,7 +178,7 @@ def to_onnx(net: torch.nn.Module, io: NetIO, example: tuple[torch.Tensor, ...]):
             warnings.simplefilter("ignore", FutureWarning)  # deprecations inside torch.export
             # the level's batch axis is the image's: said once per export
             warnings.filterwarnings("ignore", message=r".*The axis name: batch will not be used")
-            program = torch.onnx.export(net, tuple(example), input_names=names, output_names=[io.output],
+            program = torch.onnx.export(net, example, input_names=names, output_names=[io.output],
                                         dynamic_shapes=shapes, dynamo=True, optimize=True, verbose=False)
             return program.model_proto
     except Exception as e:  # the exporter's failures have many types
@@ -341,10 +350,8 @@ def export_model(wf, out: Path, *, int8: bool = False, calib: list[str] | None =
     float_bytes = model.SerializeToString()
     float_sess = session(float_bytes, threads)
     check = {"float": compare(OnnxNet(float_sess, io, None), net, check_inputs, peak)}
-    n = len(check_inputs) // max(1, len(io.levels))
-    check["images"] = f"{n} photos from {source}" if calib else f"{n} generated images"
-    if io.level is not None:
-        check["images"] += f", each at levels {', '.join(f'{lv:g}' for lv in io.levels)}"
+    n, levels = inputs_described(io, check_inputs)
+    check["images"] = (f"{n} photos from {source}" if calib else f"{n} generated images") + levels
     f = check["float"]
     log(f"float: max abs error {f['max_abs_error']:.3g}, PSNR {f['psnr']:.2f} dB against PyTorch "
         f"({check['images']}; output range {lo:g}..{hi:g})")
@@ -367,8 +374,8 @@ def export_model(wf, out: Path, *, int8: bool = False, calib: list[str] | None =
             fp.write_bytes(float_bytes)
             calib_inputs = same_size(network_inputs(io, [io.sample(a) for a in photos(calib, CALIB_IMAGES)]),
                                      CALIB_SIDE, registry.ARCHS[wf.arch].size_multiple)
-            log(f"int8: calibrating on {len(calib_inputs) // max(1, len(io.levels))} photos from {source}"
-                + (f", each at levels {', '.join(f'{lv:g}' for lv in io.levels)}" if io.level is not None else ""))
+            n, levels = inputs_described(io, calib_inputs)
+            log(f"int8: calibrating on {n} photos from {source}{levels}")
             info["int8"] = quantize_int8(fp, qp, io, calib_inputs)
             model = onnx.load(str(qp))
             sessions["onnx int8"] = session(qp, threads)

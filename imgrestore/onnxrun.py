@@ -147,7 +147,7 @@ class OnnxRestorer(Restorer):
         self.input_name = inputs[0].name
         # a second input: the level hint of denoise and deblock ((N,), negative: blind)
         self.level_name = inputs[1].name if len(inputs) > 1 else None
-        self.level = None
+        self.hint = self.level = None  # (a level task's restorer class sets them: `load`)
         self.output_name = sess.get_outputs()[0].name
         self.notes: list[str] = []
 
@@ -172,7 +172,7 @@ class OnnxRestorer(Restorer):
     def describe(self) -> dict:
         d = {"name": self.name, "task": self.task, "scale": self.scale, "arch": self.meta["arch"],
              "backend": "onnx", "file": str(self.path)}
-        return d if self.level_name is None else dict(d, hint=getattr(self, "hint", None))
+        return d if self.level_name is None else dict(d, hint=self.hint)
 
 
 def load(model: str | os.PathLike, task, threads: int | None = None, device: str = "auto",

@@ -22,7 +22,7 @@ from ..defaults import DEFAULT_TILE
 from ..io import Picture
 from ..restorer import Restorer
 from .base import NetIO, Task
-from .upscale import augment
+from .upscale import augment, export_crop
 
 
 @dataclass(frozen=True)
@@ -274,21 +274,14 @@ def gmacs_per_mp(model, scale: int) -> float:
     return count_macs(model.eval(), x) / (x.shape[2] * x.shape[3]) * 1e6 / 1e9
 
 
-EXPORT_CROP = 256  # side of the centre crop of a photo the export checks and calibrates on
-
-
 def export_sample_with(d: Degradation) -> Callable[[np.ndarray], Any]:
     """(H, W, 3) uint8 photo -> what the network sees at run time: its
-    centre crop (at most EXPORT_CROP a side, even sides) degraded at the
-    task's headline setting (fixed seed), (1, 3, h, w)."""
+    `export_crop` (even sides) degraded at the task's headline setting
+    (fixed seed), (1, 3, h, w)."""
     def sample(rgb: np.ndarray):
         from ..tensors import to_tensor
 
-        h, w = rgb.shape[:2]
-        ch, cw = min(h, EXPORT_CROP) // 2 * 2, min(w, EXPORT_CROP) // 2 * 2
-        y, x = (h - ch) // 2, (w - cw) // 2
-        crop = np.ascontiguousarray(rgb[y:y + ch, x:x + cw])
-        return to_tensor(d.apply(crop, d.main, np.random.default_rng(0)))
+        return to_tensor(d.apply(export_crop(rgb, multiple=2), d.main, np.random.default_rng(0)))
     return sample
 
 

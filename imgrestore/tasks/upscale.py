@@ -406,14 +406,21 @@ def gmacs_per_output_mp(model, scale: int) -> float:
 EXPORT_CROP = 256  # side of the centre crop of a photo the export checks and calibrates on
 
 
+def export_crop(rgb: np.ndarray, multiple: int = 1) -> np.ndarray:
+    """The centre crop of a photo the export checks and calibrates on: at
+    most EXPORT_CROP a side, sides a multiple of `multiple`."""
+    h, w = rgb.shape[:2]
+    ch, cw = min(h, EXPORT_CROP) // multiple * multiple, min(w, EXPORT_CROP) // multiple * multiple
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return np.ascontiguousarray(rgb[y:y + ch, x:x + cw])
+
+
 def export_sample(rgb: np.ndarray):
     """A photo as the upscaler sees it at run time (the tile itself, no
-    downscale): its centre crop of at most EXPORT_CROP a side, (1, 3, h, w)."""
+    downscale): `export_crop`, (1, 3, h, w)."""
     from ..tensors import to_tensor
 
-    h, w = rgb.shape[:2]
-    y, x = max(0, (h - EXPORT_CROP) // 2), max(0, (w - EXPORT_CROP) // 2)
-    return to_tensor(rgb[y:y + EXPORT_CROP, x:x + EXPORT_CROP])
+    return to_tensor(export_crop(rgb))
 
 
 NET = NetIO(

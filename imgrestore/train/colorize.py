@@ -300,8 +300,9 @@ def make_semantic_task(data: list[str], *, width: int = 32, crop: int = 128, bat
             features=(f"encoder maps cached for {crops_per_image} crops per photo (seed {seed})" if cache
                       else "encoded every step"),
             init=Path(init).name if init else None, dropout=dropout,
-            tune_tail=(f"the encoder's blocks {model.tail_from}.. (after its 1/{4 << tune_from} map) and head retrained with the decoder at "
-                       f"{tune_tail:g} x its learning rate (kept in this file)") if tune_tail else None,
+            tune_tail=(f"the encoder's blocks {model.tail_from}.. (after its 1/{4 << tune_from} map) and head "
+                       f"retrained with the decoder at {tune_tail:g} x its learning rate (kept in this file)")
+            if tune_tail else None,
             classes=classes, holdout=dict(fraction=holdout, images=len(held), rule="crc32(file name) % 10000 < "
                                           "fraction x 10000", periodic_check=f"{len(quick)} of them"),
             loss=(f"{loss_kind}" + (f" rebalanced (lam {rebalance})" if rebalance < 1 else "")
