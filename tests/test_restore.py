@@ -150,6 +150,25 @@ def test_rebuilt_from_its_file_equals_the_trained_model(tmp_path):
     assert weights.read(out).provenance["steps"] == 3 and weights.read(out).provenance["loss"] == "L2"
 
 
+def test_luminance_loss_weighs_what_the_benchmark_scores():
+    """l2y: an error the eye and the Y PSNR see (luminance) costs more than
+    one of the same RGB size that leaves luminance unchanged."""
+    from imgrestore.color import rgb_to_y
+    from imgrestore.tasks.restore import LOSSES
+
+    y = torch.full((1, 3, 8, 8), 0.5)
+    luma = torch.full((1, 3, 1, 1), 0.05)
+    chroma = torch.tensor([0.05, -0.05 * 0.299 / 0.587, 0.0]).reshape(1, 3, 1, 1)  # Y unchanged
+    chroma = chroma * (luma.norm() / chroma.norm())
+    assert torch.allclose(rgb_to_y(y + chroma), rgb_to_y(y), atol=1e-6)
+
+    def loss(err):
+        return LOSSES["l2y"](lambda x, level: x + err, (y, None, y)).item()
+
+    assert loss(torch.zeros(1)) == 0.0
+    assert loss(luma) > 3 * loss(chroma) > 0
+
+
 def test_pairs_degrade_as_the_benchmark_does():
     images = [smooth_image(64, 64, seed=i) for i in range(2)]
     x, level, y = denoise.TASK.pairs(images, 32, seed=0, gray_share=0.5).batch(8)
