@@ -72,6 +72,38 @@ def test_interrupt_then_resume(tiny_x2, tmp_path, sig):
     assert tree_digest(src) == before
 
 
+def test_interrupt_waits_for_the_output_being_written(cli, tiny_x2, tmp_path, monkeypatch):
+    """An interrupt leaves by os._exit, which would cut a writer thread
+    mid-file: the command first waits for the threads still writing (an
+    interrupt that lands while the pipeline starts its writer thread leaves
+    that thread outside the executor's bookkeeping, so closing the executor
+    does not wait for it; test_interrupt_then_resume[kill] once found its
+    temporary file left on a loaded machine)."""
+    import threading
+
+    import imgrestore.pipeline as pipeline
+
+    done = tmp_path / "written"
+
+    def slow_writer():
+        time.sleep(0.3)
+        done.write_text("finished")
+
+    class Interrupting(pipeline.Result):
+        def record(self):
+            raise KeyboardInterrupt  # as SIGTERM's handler raises it, between two results
+
+    def fake_run(restorer, jobs, o):
+        threading.Thread(target=slow_writer, name="encode_0").start()  # as the pipeline names its writer
+        yield Interrupting(jobs[0].name, "done")
+
+    monkeypatch.setattr(pipeline, "run", fake_run)
+    src = _batch(tmp_path / "in", 1, side=8)
+    code, _, err = cli("upscale", "--model", tiny_x2, src, "-o", tmp_path / "out", "--json")
+    assert code == 130 and "interrupted" in err
+    assert done.exists()  # the writer finished before the command returned
+
+
 def test_two_runs_into_one_folder(tiny_x2, tmp_path):
     src = _batch(tmp_path / "in", 30)
     out = tmp_path / "out"
