@@ -394,23 +394,6 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, png_level, 
     return 1 if counts["failed"] else 0
 
 
-def _finish_threads(prefixes: tuple[str, ...] = ("encode", "decode"), limit: float = 60.0) -> None:
-    """Wait (at most `limit` seconds in all) for the pipeline's threads still
-    running, an output being encoded and written above all: the process
-    leaves by os._exit, which would cut a writer mid-file and leave its
-    temporary file. The pipeline's executors join their threads when they
-    close, but an interrupt that lands while one starts its thread (between
-    the start and the executor's bookkeeping) leaves that thread unjoined;
-    seen once on a loaded machine. (The stream encoders' threads only make
-    bytes for a file whose temporary the main thread removes itself.)"""
-    import threading
-
-    deadline = time.monotonic() + limit
-    for t in threading.enumerate():
-        if t is not threading.current_thread() and t.name.startswith(prefixes) and t.is_alive():
-            t.join(max(0.0, deadline - time.monotonic()))
-
-
 def _interruptible(f):
     """Ctrl-C / SIGTERM: stop cleanly (temporary files are removed by the
     writer; finished outputs stay, so re-running continues) and exit 130."""
@@ -424,7 +407,9 @@ def _interruptible(f):
         try:
             return f(*args, **kwargs)
         except KeyboardInterrupt:
-            _finish_threads()
+            pipeline = sys.modules.get(f"{__package__}.pipeline")  # not imported yet: no thread of its to wait for
+            if pipeline is not None:
+                pipeline.finish_threads()
             click.echo("interrupted: finished outputs kept; run the same command again to continue",
                        err=True)
             sys.exit(130)

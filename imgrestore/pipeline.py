@@ -175,13 +175,37 @@ def _precheck(job: io.Job, out: Path | str | None, o: Options) -> tuple[str, str
     return None
 
 
+# the names of `run`'s threads (their prefix): `finish_threads` finds them by it
+READER_THREADS = "decode"
+WRITER_THREADS = "encode"
+
+
+def finish_threads(limit: float = 60.0) -> None:
+    """Wait (at most `limit` seconds in all) for `run`'s threads still
+    running, an output being encoded and written above all, before a
+    process that leaves by os._exit (an interrupted command) cuts a writer
+    mid-file and leaves its temporary file. `run` joins its threads when its
+    executors close, but an interrupt that lands while an executor starts
+    its thread (between the start and the executor's bookkeeping) leaves
+    that thread unjoined; seen once on a loaded machine. (The stream
+    encoders' threads only make bytes for a file whose temporary file the
+    main thread removes itself.)"""
+    import threading
+
+    deadline = time.monotonic() + limit
+    for t in threading.enumerate():
+        if (t is not threading.current_thread() and t.name.startswith((READER_THREADS, WRITER_THREADS))
+                and t.is_alive()):
+            t.join(max(0.0, deadline - time.monotonic()))
+
+
 def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
     """Results, one per job, in order. Raises `NameCollision` (before any
     work) if two jobs would write one output."""
     jobs = list(jobs)
     check_names(jobs, o)
-    with ThreadPoolExecutor(1, thread_name_prefix="decode") as readers, \
-            ThreadPoolExecutor(1, thread_name_prefix="encode") as writers:
+    with ThreadPoolExecutor(1, thread_name_prefix=READER_THREADS) as readers, \
+            ThreadPoolExecutor(1, thread_name_prefix=WRITER_THREADS) as writers:
         reads: dict[int, Future] = {}
         writes: deque[tuple[Result, Future]] = deque()
 
@@ -327,4 +351,4 @@ def _stream(restorer, pic: io.Picture, out: Path, fmt: str, o: Options) -> tuple
     return w, h
 
 
-__all__ = ["Options", "Result", "check_names", "default_suffix", "run", "target"]
+__all__ = ["Options", "Result", "check_names", "default_suffix", "finish_threads", "run", "target"]

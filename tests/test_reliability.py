@@ -94,7 +94,7 @@ def test_interrupt_waits_for_the_output_being_written(cli, tiny_x2, tmp_path, mo
             raise KeyboardInterrupt  # as SIGTERM's handler raises it, between two results
 
     def fake_run(restorer, jobs, o):
-        threading.Thread(target=slow_writer, name="encode_0").start()  # as the pipeline names its writer
+        threading.Thread(target=slow_writer, name=f"{pipeline.WRITER_THREADS}_0").start()  # as run names it
         yield Interrupting(jobs[0].name, "done")
 
     monkeypatch.setattr(pipeline, "run", fake_run)
