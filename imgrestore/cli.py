@@ -785,6 +785,7 @@ def bench_whole_cmd(task, x2, x3, x4, scale, models, backends, formats, size, fo
     whole-process Pillow bicubic resize (Pillow decoding and re-encoding
     the file, for denoise and deblock) and the network alone, measured in
     the same run."""
+    from .errors import ImgRestoreError
     from .wholebench import bench_whole
 
     own = TASKS["upscale"].parse(dict(x2=x2, x3=x3, x4=x4, scale=scale))
@@ -793,9 +794,17 @@ def bench_whole_cmd(task, x2, x3, x4, scale, models, backends, formats, size, fo
     size_wh = None if size.strip().lower() == "none" else _dims(size, 2, "WxH (e.g. 2000x1500)")
     folder_nwh = None if folder.strip().lower() == "none" else _dims(folder, 3, "NxWxH (e.g. 16x320x240)")
     backends = _choices(backends, ("torch", "torch-fp32", "torch-bf16", "onnx"), "--backend")
-    report = bench_whole(own["scale"] or 4, list(models), backends,
-                         _choices(formats, ("png", "jpg"), "--format"), size_wh, folder_nwh, photo, threads, repeat,
-                         log=lambda m: None if as_json else click.echo(m, err=True), profiles=profiles, task=task)
+    try:
+        report = bench_whole(own["scale"] or 4, list(models), backends,
+                             _choices(formats, ("png", "jpg"), "--format"), size_wh, folder_nwh, photo, threads,
+                             repeat, log=lambda m: None if as_json else click.echo(m, err=True), profiles=profiles,
+                             task=task)
+    except ImgRestoreError as e:  # a model or backend the command cannot run: said before timing anything
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except RuntimeError as e:  # a timed command failed: its own message, not a traceback
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
     if as_json:
         click.echo(json.dumps(report))
         return

@@ -307,6 +307,21 @@ def command_argv(case: Case, out: Path, scale: int, model: str | None, backend: 
     return argv + [str(case.source), "-o", str(out)]
 
 
+def check_runnable(models: list[str], backends: list[str]) -> None:
+    """Raise the error the command itself would give (`ModelNotFound`,
+    `BackendError`) for a model or backend it cannot run, before anything
+    is timed."""
+    from . import catalog
+
+    for model in models:
+        catalog.resolve(model)
+        if "onnx" in backends:
+            from . import onnxrun
+
+            onnxrun.require_runtime()
+            onnxrun.graph_path(model)
+
+
 def load_average() -> list[float]:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -329,6 +344,7 @@ def bench_whole(scale: int, models: list[str], backends: list[str], formats: lis
         raise ValueError(f"unknown task {task!r} ({', '.join(TASKS)})")
     scale = scale if task == "upscale" else 1
     default_model = f"upscale-x{scale}" if task == "upscale" else task
+    check_runnable(models or [default_model], backends)
     shown = {m: Path(m).stem for m in models}
     runs = [(m, b, f"imgrestore {task}{f' --model {shown[m]}' if len(models) > 1 else ''}, {b}")
             for m in (models or [None]) for b in backends]

@@ -268,6 +268,20 @@ def test_bench_whole_compares_the_backends_in_one_run(cli):
     assert profiles["torch"]["imported_torch"] and not profiles["onnx"]["imported_torch"]
 
 
+def test_bench_whole_refuses_a_model_it_cannot_run_before_timing_anything(cli, tiny_x2):
+    """A weights file without its .onnx twin, or a model that does not
+    exist, is one clear line and exit 2 (as the command itself) before any command is timed (it
+    was a traceback after the first model's timings)."""
+    _ort()
+    code, out, err = cli("bench", "whole", "--x2", "--model", "upscale-x2", "--model", tiny_x2, "--backend",
+                         "torch,onnx", "--size", "32x24", "--folder", "none", "--format", "jpg", "--repeat", "1")
+    assert code == 2 and "Traceback" not in err and "timing" not in err
+    assert "has no ONNX graph" in err and "imgrestore export" in err
+    code, out, err = cli("bench", "whole", "--x2", "--model", "no-such-model", "--size", "32x24", "--folder", "none",
+                         "--format", "jpg", "--repeat", "1")
+    assert code == 2 and "Traceback" not in err and "no-such-model" in err and "timing" not in err
+
+
 # ---------------------------------------------------------------- tile read-outs
 
 def test_tail_readout_equals_shuffle_then_to_pixels():
