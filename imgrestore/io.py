@@ -729,6 +729,23 @@ def _sweep_once(folder: Path) -> None:
     sweep_stale(folder)
 
 
+class _PythonWrites:
+    """A binary file without `fileno`: Pillow then hands its encoders'
+    output to `write`, whose buffered writer finishes a short write or
+    raises (a full disk, a file size limit). Given a descriptor, Pillow
+    writes a small image from C in one write() and ignores a short count:
+    the output was cut short and reported as done."""
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+
+    def fileno(self):
+        raise _io.UnsupportedOperation("fileno")
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
 def write_atomic(data: bytes | Callable[[BinaryIO], None], path: Path, overwrite: bool) -> None:
     """Write `data` (bytes, or a function that writes into a binary file) to
     `path` through a temporary file in the same folder. Without `overwrite`
@@ -749,7 +766,7 @@ def write_atomic(data: bytes | Callable[[BinaryIO], None], path: Path, overwrite
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(data):
-                data(f)
+                data(_PythonWrites(f))
             else:
                 f.write(data)
             f.flush()

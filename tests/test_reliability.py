@@ -125,6 +125,35 @@ def test_unwritable_output_folder(cli, tiny_x2, tmp_path):
     assert len(lines) == 3 and all("cannot write" in l for l in lines)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="file size limits are POSIX")
+@pytest.mark.parametrize("fmt", ["jpg", "png"])
+def test_a_file_size_limit_is_an_error_never_a_cut_output(tiny_x2, tmp_path, fmt):
+    """Pillow writes a small JPEG through the file's descriptor in one
+    write() and ignores a short count: under a file size limit (or a disk
+    that fills) the output was cut short and reported as done, and a rerun
+    then skipped it for good."""
+    import resource
+
+    src = _batch(tmp_path / "in", 2, side=64)
+    noise_image(8, 8, seed=9).save(src / "small.png")  # its output fits under the limit
+    out = tmp_path / "out"
+    limit = 6000
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    p = subprocess.run(_cmd(tiny_x2, src, "-o", out, "--format", fmt), env=_env(), preexec_fn=cap,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    errors = [l for l in p.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 2 and all("cannot write" in l for l in errors), p.stderr
+    assert _valid_outputs(out) == [f"small.{fmt}"]  # nothing cut short left behind
+    rerun = subprocess.run(_cmd(tiny_x2, src, "-o", out, "--format", fmt), env=_env(), capture_output=True,
+                           text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert sorted(_valid_outputs(out)) == sorted(["000." + fmt, "001." + fmt, "small." + fmt])
+
+
 @pytest.mark.parametrize("command", list(TASKS))
 def test_corpus_of_bad_inputs(cli, tiny_model, tmp_path, command):
     """Every kind of troublesome input in one batch, through every processing
