@@ -150,6 +150,33 @@ def _fail_usage(msg: str):
     raise click.UsageError(msg)
 
 
+def _check_bench_images(folders, speed: bool = False) -> None:
+    """Before a benchmark measures anything: a usage error when it would
+    measure nothing, and one line per unreadable image of its FOLDERS (or
+    --photo) with exit 1: a score over part of a folder is not the folder's
+    score, so none is given."""
+    if not folders and not speed:
+        _fail_usage("nothing to measure: give a FOLDER of photos (or leave out --no-speed)")
+    from .errors import ImgRestoreError
+
+    try:
+        files = imgio.list_images(list(folders)) if folders else []
+    except ValueError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    bad = 0
+    for f in files:
+        try:
+            imgio.decode(imgio.read_bytes(imgio.Job(Path(f), Path(Path(f).name))))
+        except ImgRestoreError as e:  # the reason the processing commands give
+            click.echo(f"error: {imgio.shown(str(f))}: {e}", err=True)
+            bad += 1
+    if bad:
+        click.echo(f"error: {bad} unreadable image{'s' if bad > 1 else ''}: nothing measured (fix or move "
+                   f"{'them' if bad > 1 else 'it'} out of the folder)", err=True)
+        sys.exit(1)
+
+
 def _short(name: str, width: int = 40) -> str:
     """A file name for the progress bar: its last `width` characters."""
     name = imgio.shown(name)
@@ -687,6 +714,7 @@ def bench_upscale(x2, x3, x4, scale, model, threads, size, speed, lr_jpeg, preci
     megapixels per second vs bicubic and an FSRCNN-shaped network."""
     from .benchmarks import bench_upscale as run_bench
 
+    _check_bench_images(folders, speed)
     _setup_torch(threads)
     task = TASKS["upscale"]
     own = task.parse(dict(x2=x2, x3=x3, x4=x4, scale=scale))
@@ -718,6 +746,7 @@ def bench_tiers(scales, size, fmt, threads, repeat, plot, as_json, folders):
     next to bicubic, in one run; --plot draws it."""
     from .tierplot import draw, measure
 
+    _check_bench_images(folders)
     _setup_torch(threads)
     picked = [int(v) for v in _choices(scales, ("2", "3", "4"), "--scale")]
     report = measure(picked, list(folders), size=_dims(size, 2, "WxH (e.g. 2000x1500)"), fmt=fmt, threads=threads,
@@ -794,6 +823,10 @@ def bench_whole_cmd(task, x2, x3, x4, scale, models, backends, formats, size, fo
     size_wh = None if size.strip().lower() == "none" else _dims(size, 2, "WxH (e.g. 2000x1500)")
     folder_nwh = None if folder.strip().lower() == "none" else _dims(folder, 3, "NxWxH (e.g. 16x320x240)")
     backends = _choices(backends, ("torch", "torch-fp32", "torch-bf16", "onnx"), "--backend")
+    if size_wh is None and folder_nwh is None:
+        _fail_usage("nothing to time: --size and --folder are both none")
+    if photo:
+        _check_bench_images([photo], speed=True)
     try:
         report = bench_whole(own["scale"] or 4, list(models), backends,
                              _choices(formats, ("png", "jpg"), "--format"), size_wh, folder_nwh, photo, threads,
@@ -854,6 +887,7 @@ def bench_colorize_cmd(model, render_size, saturation, threads, speed, as_json, 
 
     if sheet and not folders:
         _fail_usage("--sheet needs a FOLDER of photos")
+    _check_bench_images(folders, speed)
     _setup_torch(threads)
     restorer = _load_restorer(model, "cpu", False, "colorize", render_size=render_size, saturation=saturation)
     report = bench_colorize(restorer, list(folders), threads=threads, speed=speed)
@@ -896,6 +930,7 @@ def _settings_list(text: str, low: float, high: float, what: str) -> list[float]
 def _bench_restore(task_name: str, model, settings, threads, speed, size, gray, hint, precision, as_json, folders):
     from .benchmarks import bench_restore
 
+    _check_bench_images(folders, speed)
     _setup_torch(threads)
     restorer = _load_restorer(model or TASKS[task_name].default_model({}), "cpu", False, task_name,
                               precision=precision)

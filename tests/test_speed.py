@@ -282,6 +282,34 @@ def test_bench_whole_refuses_a_model_it_cannot_run_before_timing_anything(cli, t
     assert code == 2 and "Traceback" not in err and "no-such-model" in err and "timing" not in err
 
 
+@pytest.mark.parametrize("command", ["upscale", "colorize", "denoise", "deblock"])
+def test_bench_on_a_folder_with_an_unreadable_image_names_it_and_measures_nothing(cli, tmp_path, command):
+    """An empty .png among a benchmark's photos was a traceback."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(photo_like(40, 48, seed=1)).save(folder / "good.png")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.jpg").write_text("not a picture")
+    code, out, err = cli("bench", command, "--no-speed", "--threads", "1", folder)
+    assert code == 1 and "Traceback" not in err and not out
+    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    assert any("empty.png" in l and "empty file" in l for l in lines)
+    assert any("text.jpg" in l and "not an image" in l for l in lines)
+    assert "nothing measured" in lines[-1]
+
+
+def test_a_bench_that_would_measure_nothing_is_a_usage_error(cli, tmp_path):
+    code, _, err = cli("bench", "upscale", "--no-speed")
+    assert code == 2 and "nothing to measure" in err
+    code, _, err = cli("bench", "denoise", "--no-speed")
+    assert code == 2 and "nothing to measure" in err
+    code, _, err = cli("bench", "whole", "--size", "none", "--folder", "none")
+    assert code == 2 and "nothing to time" in err
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n")
+    code, _, err = cli("bench", "whole", "--photo", tmp_path / "bad.png", "--size", "40x30", "--folder", "none")
+    assert code == 1 and "bad.png" in err and "Traceback" not in err
+
+
 # ---------------------------------------------------------------- tile read-outs
 
 def test_tail_readout_equals_shuffle_then_to_pixels():
