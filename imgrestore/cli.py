@@ -314,7 +314,8 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, png_level, 
     if suffix is not None and (not suffix or any(c in suffix for c in "/\\\0") or suffix in (".", "..")):
         raise click.BadParameter(f"{suffix!r} cannot be part of a file name (no '/', '\\' or NUL)",
                                  param_hint="--suffix")
-    own = {s for t in TASKS.values() for s in t.output_suffixes} | {default_suffix, suffix or ""}
+    own = imgio.output_names(tuple(s for t in TASKS.values() for s in t.output_suffixes),
+                             (default_suffix, suffix or ""))
     out_is_dir = _output_is_folder(output)
     if output == "-" and _stdout_is_terminal():
         _fail_usage("refusing to write image data to a terminal; redirect stdout (> FILE) or give -o FILE")
@@ -326,7 +327,7 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, png_level, 
     elif out_is_dir and Path(output).exists() and not Path(output).is_dir():
         _fail_usage(f"-o {output} names a file without an image extension; give a folder, or a file "
                     f"name ending in one of {', '.join(imgio.FORMATS.values())}")
-    jobs = imgio.find_inputs(list(inputs), recursive=recursive, skip_suffixes=tuple(sorted(own - {""})),
+    jobs = imgio.find_inputs(list(inputs), recursive=recursive, skip_names=own,
                              skip_dir=output if out_is_dir else None)
     if sum(1 for j in jobs if j.source == "-") > 1:
         _fail_usage("'-' (stdin) can be given only once")

@@ -73,8 +73,17 @@ class Found(list):
     notes: list[str]
 
 
-def _is_output_name(f: Path, suffixes: tuple[str, ...]) -> bool:
-    return any(s and f.stem.endswith(s) for s in suffixes)
+def output_names(patterns: tuple[str, ...], literal: tuple[str, ...] = ()) -> re.Pattern | None:
+    """The stems of our own outputs: a task's suffix (`patterns`, regular
+    expressions such as `_x\\d+`), alone or followed by a model's name
+    (`photo_x4_x4-small`), or one of the `literal` suffixes (--suffix)."""
+    alts = [f"(?:{'|'.join(patterns)})(?:_[A-Za-z0-9._+-]+)?"] if patterns else []
+    alts += [re.escape(s) for s in literal if s]
+    return re.compile(f"(?:{'|'.join(alts)})$") if alts else None
+
+
+def _is_output_name(f: Path, names: re.Pattern | None) -> bool:
+    return names is not None and names.search(f.stem) is not None
 
 
 def _inside(f: Path, folder: Path | None) -> bool:
@@ -86,7 +95,7 @@ def _inside(f: Path, folder: Path | None) -> bool:
         return False
 
 
-def find_inputs(args: list[str], recursive: bool = False, skip_suffixes: tuple[str, ...] = (),
+def find_inputs(args: list[str], recursive: bool = False, skip_names: re.Pattern | None = None,
                 skip_dir: str | Path | None = None) -> Found:
     """Files, folders (recursive optional), unexpanded globs and "-" -> jobs.
     An argument that names nothing becomes a job carrying its error, so that
@@ -96,8 +105,8 @@ def find_inputs(args: list[str], recursive: bool = False, skip_suffixes: tuple[s
     their common parent (as files found in a folder mirror their path below
     it), so that `x/a/p.png x/b/p.png -o out/` gives out/a/p.png and
     out/b/p.png. Folder and glob scans leave out our own earlier outputs:
-    files under `skip_dir` (the output folder) and files whose stem ends with
-    one of `skip_suffixes`; files named explicitly are always taken. A file
+    files under `skip_dir` (the output folder) and files whose stem
+    `skip_names` finds (`output_names`); files named explicitly are always taken. A file
     given twice is taken once."""
     skip_dir = Path(os.path.abspath(skip_dir)) if skip_dir is not None else None
     jobs: list[Job] = []
@@ -108,7 +117,7 @@ def find_inputs(args: list[str], recursive: bool = False, skip_suffixes: tuple[s
         nonlocal left_out
         keep = []
         for f in files:
-            if _inside(f, skip_dir) or _is_output_name(f, skip_suffixes):
+            if _inside(f, skip_dir) or _is_output_name(f, skip_names):
                 left_out += 1
             else:
                 keep.append(f)

@@ -174,6 +174,25 @@ def test_06_earlier_outputs_are_not_taken_again(cli, tiny_model, tmp_path, comma
     assert code == 0 and (d / f"a{suffix}{suffix}.png").exists()
 
 
+def test_06_outputs_of_other_scales_sizes_and_models_are_not_taken_again(cli, tiny_x2, tmp_path):
+    """-s 3.5 writes photo_x3.5, --width 20 photo_w20, another model
+    photo_x2_other: a later folder scan by any command took them as new
+    photos (only _x2/_x3/_x4, _color and this run's suffix were known)."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    noise_image(8, 8).save(d / "a.png")
+    for name in ("a_x3.5", "a_w20", "a_h30", "a_w20_h30", "a_x2_tiny-x2", "a_x4_x4-small", "a_color_mine",
+                 "a_denoised", "a_deblocked_x"):
+        noise_image(8, 8).save(d / f"{name}.png")
+    for name in ("box_x", "a_xmas", "tax_x2b", "a_width"):  # not our names
+        noise_image(8, 8).save(d / f"{name}.png")
+    code, _, err = cli("upscale", "--model", tiny_x2, d, "-o", tmp_path / "out")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "a_width.png", "a_xmas.png",
+                                                                     "box_x.png", "tax_x2b.png"]
+    assert "left out 9 files" in err
+
+
 def test_06_overwrite_never_replaces_another_input(cli, tiny_x2, tmp_path):
     d = tmp_path / "in"
     d.mkdir()

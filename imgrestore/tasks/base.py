@@ -19,7 +19,9 @@ class Task:
     # command's settings (see `settings`)
     restorer: type
     suffix: Callable[[Any], str]  # restorer -> suffix of outputs written next to their input
-    # every suffix `suffix` can give (folder and glob scans leave such files out)
+    # every suffix `suffix` can give, as regular expressions (folder and glob
+    # scans leave such files out, and those with a model's name after them:
+    # `pipeline.default_suffix`)
     output_suffixes: tuple[str, ...] = ()
     # the command's own click options (decorators), on top of the shared
     # groups the command line gives every processing command
