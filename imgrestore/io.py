@@ -323,6 +323,15 @@ def _tiff_layout(data: bytes) -> str | None:
             f"{f' ({kind})' if kind else ''}{codec}")
 
 
+def pixels_text(n: int) -> str:
+    """A pixel count for a message: "4,800 pixels", "1.3 MP", "500 MP"
+    (rounded to whole megapixels, a limit of 100 pixels read "0 MP")."""
+    if n < 1_000_000:
+        return f"{n:,} pixels"
+    mp = n / 1e6
+    return f"{mp:,.0f} MP" if mp >= 100 or mp == int(mp) else f"{mp:.3g} MP"
+
+
 def read_bytes(job: Job) -> bytes:
     try:
         data = sys.stdin.buffer.read() if job.source == "-" else Path(job.source).read_bytes()
@@ -348,8 +357,8 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
             im = Image.open(_io.BytesIO(data))
             w, h = im.size
             if w * h > max_pixels:
-                raise InputError(f"{w}x{h} is {w * h / 1e6:.0f} MP, over the pixel limit of "
-                                 f"{max_pixels / 1e6:.0f} MP (raise it with --max-pixels)")
+                raise InputError(f"{w}x{h} is {pixels_text(w * h)}, over the pixel limit of "
+                                 f"{pixels_text(max_pixels)} (raise it with --max-pixels)")
             if check is not None:
                 check(w, h)
             fmt = (im.format or "").lower()

@@ -297,8 +297,8 @@ def _check_output(w: int, h: int, fmt: str, o: Options) -> None:
     """Refuse, before the network runs, an output over --max-output-pixels
     or larger than its format can hold."""
     if w * h > o.max_output_pixels:
-        raise OutputError(f"the output would be {w}x{h}, {w * h / 1e6:,.0f} MP, over the output limit of "
-                          f"{o.max_output_pixels / 1e6:,.0f} MP (raise it with --max-output-pixels)")
+        raise OutputError(f"the output would be {w}x{h}, {io.pixels_text(w * h)}, over the output limit of "
+                          f"{io.pixels_text(o.max_output_pixels)} (raise it with --max-output-pixels)")
     side = io.MAX_SIDE.get(fmt)
     if side and max(w, h) > side:
         raise OutputError(f"the output would be {w}x{h}, and {fmt.upper()} holds at most {side:,} pixels a "

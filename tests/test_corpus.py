@@ -406,6 +406,7 @@ def test_13_output_over_the_output_limit_is_refused_before_any_work(cli, tiny_x2
     assert not (tmp_path / "out.png").exists()
     code, _, err = cli("upscale", "--model", tiny_x2, src, "-o", tmp_path / "out.png", "--max-output-pixels", 1000)
     assert code == 1 and "--max-output-pixels" in err
+    assert "limit of 1,000 pixels" in err and "0 MP" not in err  # small limits read as pixels, not "0 MP"
 
 
 def _smooth(h: int, w: int, seed: int = 0) -> Image.Image:

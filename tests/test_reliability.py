@@ -188,6 +188,7 @@ def test_corpus_of_bad_inputs(cli, tiny_model, tmp_path, command):
     errors = {l.split(":")[1].strip().rsplit("/", 1)[-1]: l for l in err.splitlines() if l.startswith("error:")}
     assert set(errors) == {"truncated.jpg", "zero.jpg", "text.png", "bomb.png", "gray_alpha16.tif"}
     assert "pixel limit" in errors["bomb.png"] and "--max-pixels" in errors["bomb.png"]
+    assert "limit of 4,000 pixels" in errors["bomb.png"]  # not "0 MP"
     assert "TIFF" in errors["gray_alpha16.tif"] and "gray + alpha" in errors["gray_alpha16.tif"]
     assert "Traceback" not in err
     assert any("anim.gif" in l and "first frame" in l for l in err.splitlines())
