@@ -112,7 +112,7 @@ RUNTIME_OPTIONS = (
     click.option("--threads", type=click.IntRange(1), help="CPU threads for the network."),
     click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
                  help="What runs the network: PyTorch, or onnxruntime on the model's exported graph (the "
-                 "[onnx] extra; no torch is imported, a second less start-up; upscalers)."),
+                 "[onnx] extra; no torch is imported, a second less start-up; upscale, denoise and deblock)."),
     PRECISION_OPTION,
     click.option("-q", "--quiet", is_flag=True, help="No progress, notes or summary; errors only."),
     click.option("--json", "as_json", is_flag=True, help="One JSON record per input on stdout."),
@@ -148,6 +148,17 @@ def cli() -> None:
 
 def _fail_usage(msg: str):
     raise click.UsageError(msg)
+
+
+def _ends_with(ext: str):
+    """A click callback: the file name must end in `ext` (a weights file
+    named .png would be a trap for whoever opens it)."""
+    def check(ctx, param, value):
+        if value is not None and not str(value).lower().endswith(ext):
+            raise click.BadParameter(f"{value!r}: the file this writes is {ext}; name it so (e.g. "
+                                     f"{Path(str(value)).with_suffix(ext).name})")
+        return value
+    return check
 
 
 def _check_bench_images(folders, speed: bool = False) -> None:
@@ -311,7 +322,10 @@ def _run_batch(restorer, inputs, *, output, recursive, fmt, quality, png_level, 
     from .errors import NameCollision
     from .pipeline import check_names
 
-    if suffix is not None and (not suffix or any(c in suffix for c in "/\\\0") or suffix in (".", "..")):
+    if suffix == "":
+        raise click.BadParameter("an empty suffix would give each output its input's name (use -o FOLDER to "
+                                 "write outputs under their own names elsewhere)", param_hint="--suffix")
+    if suffix is not None and (any(c in suffix for c in "/\\\0") or suffix in (".", "..")):
         raise click.BadParameter(f"{suffix!r} cannot be part of a file name (no '/', '\\' or NUL)",
                                  param_hint="--suffix")
     own = imgio.output_names(tuple(s for t in TASKS.values() for s in t.output_suffixes),
@@ -515,7 +529,7 @@ for _task in TASKS.values():
                    "CPU kernels run other widths little faster.")
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, callback=_ends_with(".safetensors"))
 def prune(model, ratio, data, steps, criterion, compensate, round_to, threads, as_json, output):
     """Make MODEL (a shipped name or a weights file) smaller and faster; the
     result loads anywhere with --model OUTPUT."""
@@ -584,7 +598,7 @@ def prune(model, ratio, data, steps, criterion, compensate, round_to, threads, a
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, callback=_ends_with(".onnx"))
 def export_cmd(model, fmt, int8, calib, val, speed, threads, overwrite, as_json, output):
     """Export MODEL (a shipped name or a weights file) for other runtimes
     (needs the [onnx] extra), checked against PyTorch as it is written: the
@@ -1069,7 +1083,7 @@ TRAIN_PRECISION_OPTION = click.option(
 @click.option("--threads", type=click.IntRange(1), help="CPU threads.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--eval-every", type=click.IntRange(1), default=2000, show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, callback=_ends_with(".safetensors"))
 def train_upscale(scale, data, val, arch, steps, batch, patch, channels, blocks, lr, init, teacher, distill,
                   teacher_precision, precision, degrade, holdout, threads, seed, eval_every, output):
     """Train an upscaler on bicubic-downscaled crops (optionally distilled
@@ -1143,7 +1157,7 @@ def train_upscale(scale, data, val, arch, steps, batch, patch, channels, blocks,
 @click.option("--snapshots", is_flag=True,
               help="Keep OUTPUT.stepN.safetensors at every --eval-every step, to choose from on the hold-out.")
 @TRAIN_PRECISION_OPTION
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, callback=_ends_with(".safetensors"))
 def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval_every, loss_kind, rebalance,
                    fg_weight, holdout, min_zoom, init, arch, cache, crops_per_image, dropout, tune_tail, tune_from,
                    encoder, snapshots, precision, output):
@@ -1190,7 +1204,7 @@ def train_colorize(data, val, steps, batch, crop, width, lr, threads, seed, eval
 @click.option("--threads", type=click.IntRange(1))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--eval-every", type=click.IntRange(1), default=500, show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, callback=_ends_with(".safetensors"))
 def train_gray_encoder(data, encoder, cache, steps, batch, crop, crops_per_image, min_zoom, cut, lr, threads, seed,
                        eval_every, output):
     """Fine-tune the colorizer's encoder so that its deep maps of a gray
@@ -1222,7 +1236,7 @@ RESTORE_TRAIN_OPTIONS = (
                  help="Fraction of the training files kept out and evaluated (settings are chosen on it)."),
     click.option("--threads", type=click.IntRange(1), help="CPU threads."),
     click.option("--seed", type=int, default=0, show_default=True),
-    click.option("-o", "--output", type=click.Path(dir_okay=False), required=True),
+    click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, callback=_ends_with(".safetensors")),
 )
 
 
@@ -1320,7 +1334,7 @@ def train_search(task_name, data, channels, cells, layers, holdout, threads, see
 @click.option("--check", type=click.Path(exists=True, file_okay=False),
               help="Photos to check the conversion on [efficientnet-lite0: class scores, default smooth random "
               "images; rlfn: the gain over bicubic].")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, callback=_ends_with(".safetensors"))
 def convert(network, source, check, output):
     """Convert a pretrained network into imgrestore's own weights, once,
     checking the result: EfficientNet-Lite0 (the colorizer's encoder; needs the

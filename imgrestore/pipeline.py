@@ -257,6 +257,8 @@ def run(restorer, jobs: Iterable[io.Job], o: Options) -> Iterator[Result]:
                 w, h = pic.size
                 if out == "-" and job.source == "-" and o.format in ("auto", "same"):
                     fmt = pic.format if pic.format in io.FORMATS else "png"  # stdin's format, sniffed
+                if fmt == "jpg" and pic.alpha is not None and int(pic.alpha.min()) < np.iinfo(pic.alpha.dtype).max:
+                    res.notes.append("transparency dropped: JPEG has none (--format png, webp or tiff keeps it)")
                 res.resize = restorer.plan(w, h)
                 ow, oh = restorer.output_size(w, h)
                 if fmt in io.STREAM_FORMATS and out != "-" and ow * oh >= STREAM_MIN_PIXELS:

@@ -75,6 +75,9 @@ def read(path: str | os.PathLike) -> WeightsFile:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
+    if path.suffix.lower() == ".onnx":
+        raise WeightsError(f"{path} is an ONNX graph: run it with --backend onnx (PyTorch reads the "
+                           f"model's .safetensors)")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

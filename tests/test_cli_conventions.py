@@ -412,3 +412,35 @@ def test_png_level_out_of_range_is_a_usage_error(cli, tiny_x2, tmp_path, bad):
     code, _, err = cli("upscale", "--model", tiny_x2, tmp_path / "a.png", "--png-level", bad)
     assert code == 2 and "--png-level" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_weights_and_graph_outputs_must_be_named_for_what_they_are(cli, tmp_path, tiny_x2):
+    """prune wrote safetensors named .png, export an ONNX graph named .png."""
+    code, _, err = cli("prune", tiny_x2, "--ratio", "0.5", "-o", tmp_path / "p.png")
+    assert code == 2 and ".safetensors" in err and not (tmp_path / "p.png").exists()
+    code, _, err = cli("export", tiny_x2, "-o", tmp_path / "g.png")
+    assert code == 2 and ".onnx" in err and not (tmp_path / "g.png").exists()
+
+
+def test_an_empty_suffix_says_why_it_is_refused(cli, tmp_path, tiny_x2):
+    from conftest import noise_image
+
+    noise_image(8, 8).save(tmp_path / "a.png")
+    code, _, err = cli("upscale", "--model", tiny_x2, tmp_path / "a.png", "--suffix", "")
+    assert code == 2 and "input's name" in err and "NUL" not in err
+
+
+def test_transparency_dropped_for_a_jpeg_output_is_noted(cli, tmp_path, tiny_x2):
+    import numpy as np
+    from PIL import Image
+
+    px = np.full((8, 8, 4), 200, np.uint8)
+    px[..., 3] = 255
+    Image.fromarray(px).save(tmp_path / "opaque.png")
+    px[:4, :, 3] = 0
+    Image.fromarray(px).save(tmp_path / "clear.png")
+    code, _, err = cli("upscale", "--model", tiny_x2, tmp_path / "clear.png", tmp_path / "opaque.png",
+                       "--format", "jpg", "-o", tmp_path / "out")
+    assert code == 0, err
+    notes = [l for l in err.splitlines() if "transparency dropped" in l]
+    assert len(notes) == 1 and "clear.png" in notes[0]

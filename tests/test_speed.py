@@ -218,6 +218,10 @@ def test_onnx_backend_says_what_it_cannot_do(cli, tmp_path, tiny_x2, tiny_color)
     assert code == 2 and "--backend torch only" in err, err
     code, _, err = cli("upscale", "--backend", "onnx", "--device", "cuda", tmp_path / "a.png", "-o", tmp_path / "o")
     assert code == 2 and "CPU" in err, err
+    # an .onnx given to the torch backend says which backend runs it (it was "header too large")
+    code, _, err = cli("upscale", "--model", catalog.weights_dir() / "upscale-x2.onnx", tmp_path / "a.png", "-o",
+                       tmp_path / "o")
+    assert code == 2 and "--backend onnx" in err and "header" not in err, err
 
 
 def test_a_weights_files_exported_twin_runs_with_backend_onnx(cli, tmp_path, tiny_x2):
